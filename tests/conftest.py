@@ -48,9 +48,18 @@ def build_tiny_model(path: Path, texts: list[str]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A local model folder usable anywhere a model name is: `--model.name <this path>`."""
-    from errwise.data.formats import load_corpus
-
-    corpus = load_corpus("builtin")
-    texts = [x.text for x in corpus.instances] + [r.name for r in corpus.relations]
-    texts += ["What is the relation of the head to the tail?", "Sentence: Head: Tail: Relation: Options:"]
+    texts = [p.read_text() for p in sorted(FIXTURES.rglob("*.json*"))]
+    texts += ["What is the relation of the head to the tail?\nSentence: Head: Tail: Relation: Options:"]
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), texts)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    """(model, tokenizer) loaded from the tiny folder, fp32 on CPU, no LoRA."""
+    import torch
+
+    from errwise.model import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = load_model(str(tiny_model_dir), device=torch.device("cpu"), dtype=torch.float32, lora=False)
+    return model.eval(), tok

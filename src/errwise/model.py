@@ -318,6 +318,8 @@ def score_candidates(
             best = scores.max(1).values  # (B,)
             todo = ~done & (bound >= best[:, None])
         rows = todo.any(1).nonzero().squeeze(1)
+        if len(rows) == 0:
+            continue
         for chunk in rows.split(max(1, max_tokens // max(1, int(todo.sum(1).max()) * labels.ids.shape[1]))):
             cands = [todo[r].nonzero().squeeze(1).tolist() for r in chunk.tolist()]
             for r, cs, rest in zip(chunk.tolist(), cands, _continuation_logprobs(model, cache, mask, chunk, cands, labels)):

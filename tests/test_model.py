@@ -1,0 +1,73 @@
+"""Label scoring: the pruned path equals exhaustive scoring, which equals one full forward per candidate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from errwise.model import build_labels, label_ids, score_candidates
+
+NAMES = ["place of birth", "place of death", "employer", "founded by", "located in", "capital of", "spouse",
+         "sibling", "member of", "educated at", "notable work", "headquarters location"]
+SENTENCES = [
+    "Ana Velk was born in Lisbon and later worked for Orvane .",
+    "The band Quiet Harbour signed Mira Tosk in 1998 .",
+    "Doren is the capital of the small province of Aslet .",
+    "Tomas Reil married Ilse Varn in a quiet ceremony .",
+    "Brightwater Labs , founded by Oona Pell , moved to Kestrel City .",
+]
+
+
+def reference_scores(model, tok, prompts, names, mean=False):
+    """The slow reference: a full forward pass over prompt + label for every candidate."""
+    out = torch.zeros(len(prompts), len(names))
+    for i, p in enumerate(prompts):
+        for j, n in enumerate(names):
+            a = label_ids(tok, n)
+            with torch.no_grad():
+                lp = torch.log_softmax(model(torch.tensor([p + a])).logits[0].float(), -1)
+            s = sum(lp[len(p) - 1 + k, a[k]] for k in range(len(a)))
+            out[i, j] = s / len(a) if mean else s
+    return out
+
+
+@pytest.mark.parametrize("score", ["sum", "mean"])
+def test_scoring_matches_reference(tiny, score):
+    model, tok = tiny
+    prompts = [tok(f"Sentence: {s}\nRelation:")["input_ids"] for s in SENTENCES]
+    labels = build_labels(tok, NAMES)
+    ref = reference_scores(model, tok, prompts, NAMES, mean=score == "mean")
+    pred_ex, scores_ex = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id, score=score, exhaustive=True)
+    assert torch.allclose(scores_ex, ref, atol=1e-4)
+    assert pred_ex.tolist() == ref.argmax(1).tolist()
+    pred, scores = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id, score=score)
+    assert pred.tolist() == pred_ex.tolist()
+    scored = torch.isfinite(scores)
+    assert torch.allclose(scores[scored], ref[scored], atol=1e-4)
+
+
+def test_pruning_skips_candidates_that_cannot_win(tiny):
+    """With a label whose first token is near-certain, the pruned path scores few candidates."""
+    model, tok = tiny
+    prompts = [tok(f"Sentence: {s}\nRelation:")["input_ids"] for s in SENTENCES]
+    labels = build_labels(tok, NAMES)
+    # Make the model strongly prefer the tokens of NAMES[2] ("employer" + end) by biasing the output layer.
+    head = model.get_output_embeddings()
+    bias = torch.zeros(head.weight.shape[0])
+    bias[labels.ids[2, : labels.lengths[2]]] = 30.0
+    handle = head.register_forward_hook(lambda m, i, o: o + bias)
+    try:
+        pred, scores = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id)
+        pred_ex, _ = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id, exhaustive=True)
+    finally:
+        handle.remove()
+    assert pred.tolist() == pred_ex.tolist()
+    assert torch.isfinite(scores).sum(1).max() < len(NAMES)
+
+
+def test_duplicate_label_names_are_rejected(tiny):
+    from errwise.errors import ErrwiseError
+
+    _, tok = tiny
+    with pytest.raises(ErrwiseError, match="same name"):
+        build_labels(tok, ["spouse", "spouse"])
