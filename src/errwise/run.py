@@ -91,6 +91,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     done = completed_tasks(run_dir)
     if done:
         cfg = resume_config(run_dir)
+    method = build_method(cfg.method)  # an unknown method fails before anything is loaded or written
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
     (run_dir / "predictions").mkdir(exist_ok=True)
@@ -118,7 +119,6 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         lora_targets=m.lora_targets,
         adapter=adapter,
     )
-    method = build_method(cfg.method)
     memory: dict[str, list[RelationInstance]] = {}
     if done:
         saved = json.loads((run_dir / "memory" / f"task_{len(done) - 1:02d}.json").read_text())

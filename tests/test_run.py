@@ -1,0 +1,109 @@
+"""The loop and the run-folder contract, for every registered method, on the tiny model (seconds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from errwise.cli import main
+from errwise.config import DataConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig, EvalConfig
+from errwise.methods import METHODS
+from errwise.run import run
+
+
+def tiny_config(model_dir, out, method="replay", **method_kw) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(dataset="builtin", num_tasks=3, relations_per_task=2, train_size=8, test_size=4),
+        model=ModelConfig(name=str(model_dir), lora_r=4, lora_alpha=8),
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+        method=MethodConfig(name=method, memory_per_relation=2, **method_kw),
+        eval=EvalConfig(batch_size=8),
+        output_dir=str(out),
+    )
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_meets_the_run_folder_contract(tiny_model_dir, tmp_path, method):
+    out = run(tiny_config(tiny_model_dir, tmp_path / method, method))
+    assert (out / "config.yaml").is_file()
+    lines = read_jsonl(out / "metrics.jsonl")
+    assert [row["task"] for row in lines] == [0, 1, 2]
+    for i, row in enumerate(lines):
+        assert len(row["accuracy_row"]) == i + 1
+        assert row["n_test"] == 4 * 2 * (i + 1)  # test instances of every seen relation
+        assert 0.0 <= row["seen_accuracy"] <= 1.0
+        preds = read_jsonl(out / "predictions" / f"task_{i:02d}.jsonl")
+        assert len(preds) == row["n_test"]
+        seen = {r for line in lines[: i + 1] for r in line["relations"]}
+        assert all(p["pred"] in seen and p["gold"] in seen for p in preds)  # class-incremental
+        assert (out / "checkpoints" / f"task_{i:02d}" / "adapter_config.json").is_file()
+        memory = json.loads((out / "memory" / f"task_{i:02d}.json").read_text())
+        assert set(memory) == seen and all(len(v) == 2 for v in memory.values())
+    matrix = json.loads((out / "accuracy_matrix.json").read_text())["matrix"]
+    assert [len(r) for r in matrix] == [1, 2, 3]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_accuracy"] == lines[-1]["seen_accuracy"]
+    assert set(json.loads((out / "relations.json").read_text())) >= seen
+
+
+def test_methods_train_on_what_they_promise(tiny_model_dir, tmp_path):
+    """finetune trains on the task only; replay adds the memory; joint everything so far."""
+    sizes = {}
+    for method in ("finetune", "replay", "joint"):
+        out = run(tiny_config(tiny_model_dir, tmp_path / method, method))
+        sizes[method] = [row["train_examples"] for row in read_jsonl(out / "metrics.jsonl")]
+    assert sizes["finetune"] == [16, 16, 16]
+    assert sizes["replay"] == [16, 16 + 4, 16 + 8]
+    assert sizes["joint"] == [16, 32, 48]
+
+
+def test_errwise_records_error_cases(tiny_model_dir, tmp_path):
+    out = run(tiny_config(tiny_model_dir, tmp_path / "e", "errwise"))
+    rows = read_jsonl(out / "error_cases" / "task_01.jsonl")
+    assert {r["source"] for r in rows} == {"train", "memory"}
+    assert len(rows) == 16 + 4
+    assert all(r["correct"] == (r["gold"] == r["pred"]) for r in rows)
+    kinds = read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]
+    n_err = sum(not r["correct"] for r in rows)
+    assert kinds.get("error", 0) == n_err and kinds.get("contrastive", 0) == n_err
+    summary = json.loads((out / "error_cases" / "task_01_summary.json").read_text())
+    assert summary["train"]["initial_errors"] + summary["train"].get("initial_correct", 0) == 16
+
+
+def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):
+    """Kill a real `errwise run` process after its first task; resuming it ends where a full run ends."""
+    full = run(tiny_config(tiny_model_dir, tmp_path / "full"))
+    killed = tmp_path / "killed"
+    args = [sys.executable, "-m", "errwise.cli", "run", "--output_dir", str(killed), "--model.name", str(tiny_model_dir),
+            "--data.num_tasks", "3", "--data.relations_per_task", "2", "--data.train_size", "8", "--data.test_size", "4",
+            "--model.lora_r", "4", "--model.lora_alpha", "8", "--train.epochs", "1", "--train.batch_size", "4",
+            "--train.lr", "1e-3", "--method.memory_per_relation", "2", "--eval.batch_size", "8"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    done = read_jsonl(killed / "metrics.jsonl")
+    assert 1 <= len(done) < 3, "the process should be killed mid-run"
+    assert main(["run", str(killed)]) == 0
+    a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
+    assert [r["accuracy_row"] for r in a] == [r["accuracy_row"] for r in b]
+    assert [round(r["train_loss"], 5) for r in a] == [round(r["train_loss"], 5) for r in b]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope.yaml" in err and len(err.strip().splitlines()) == 1
+    assert main(["run", "--method.name", "magic", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "unknown method" in capsys.readouterr().err
