@@ -1,0 +1,102 @@
+"""Speed and memory of training and prediction, for a model on this machine. Prints figures; asserts nothing.
+
+    python benchmarks/speed.py                                  # offline SmolLM2-135M, FewRel from ../shared
+    python benchmarks/speed.py --model Qwen/Qwen2.5-0.5B-Instruct --random-init   # speed needs no weights
+
+Measures: training tokens/s (LoRA, batch 8, the plain instruction), prediction instances/s among 8, 40 and
+80 candidate relations (exact pruned scoring and the exhaustive reference, side by side with a forward pass
+over the same prompts alone), and peak memory (RSS on CPU, allocator peak on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from errwise.data.formats import load_corpus
+from errwise.evaluate import predict, prompt_ids
+from errwise.model import left_pad, load_model, load_tokenizer, pick_device, pick_dtype
+from errwise.prompts import plain_example
+from errwise.train import train
+
+DEFAULT_FEWREL = Path(__file__).resolve().parents[2] / "shared" / "data" / "fewrel"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-offline")
+    ap.add_argument("--random-init", action="store_true", help="random weights of the model's architecture")
+    ap.add_argument("--data", default=str(DEFAULT_FEWREL), help="FewRel folder")
+    ap.add_argument("--train-steps", type=int, default=6)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--eval-instances", type=int, default=48)
+    ap.add_argument("--eval-batch-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device()
+    dtype = pick_dtype("auto", device)
+    tok = load_tokenizer(args.model)
+    if args.random_init:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from errwise.model import prepare_model, resolve_model_path
+
+        cfg = AutoConfig.from_pretrained(resolve_model_path(args.model))
+        model = prepare_model(AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device), lora=True)
+    else:
+        model = load_model(args.model, device=device, dtype=dtype, lora=True)
+    corpus = load_corpus("fewrel", args.data)
+    by_rel = corpus.by_relation()
+    rels = list(corpus.relations)
+    print(f"model {args.model}{' (random init)' if args.random_init else ''} on {device} {dtype}, "
+          f"{torch.get_num_threads()} threads")
+
+    # Training throughput: the plain instruction on FewRel sentences.
+    examples = [plain_example(x, corpus.relation(x.relation)) for r in rels[:8] for x in by_rel[r.id][:16]]
+    train(model, tok, examples[: args.batch_size], epochs=1, max_steps=1, batch_size=args.batch_size, lr=1e-4,
+          weight_decay=0.0, warmup_ratio=0.0, max_length=256, seed=0)  # warm-up
+    t = time.time()
+    stats = train(model, tok, examples, epochs=1, max_steps=args.train_steps, batch_size=args.batch_size, lr=1e-4,
+                  weight_decay=0.0, warmup_ratio=0.0, max_length=256, seed=0)
+    dt = time.time() - t
+    print(f"train: {stats.tokens / dt:,.0f} tokens/s, {dt / stats.steps:.2f} s/step "
+          f"(batch {args.batch_size}, {stats.tokens / stats.steps / args.batch_size:.0f} tokens/example)")
+
+    # Prediction throughput at 8, 40, 80 candidates, next to a forward pass over the same prompts alone.
+    for n in (8, 40, 80):
+        cands = rels[:n]
+        insts = [x for r in cands for x in by_rel[r.id][400:]][:: max(1, (len(cands) * 300) // args.eval_instances)]
+        insts = insts[: args.eval_instances]
+        prompts = prompt_ids(tok, insts, None, 256)
+        t = time.time()
+        with torch.no_grad():
+            for i in range(0, len(prompts), args.eval_batch_size):
+                ids, mask = left_pad(prompts[i : i + args.eval_batch_size], tok.pad_token_id)
+                model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        fwd = time.time() - t
+        row = [f"{n:>2} candidates: forward only {len(insts) / fwd:7.1f} inst/s"]
+        preds = {}
+        for name, exhaustive in (("pruned", False), ("exhaustive", True)):
+            t = time.time()
+            preds[name] = predict(model, tok, insts, cands, batch_size=args.eval_batch_size, exhaustive=exhaustive)
+            dt = time.time() - t
+            row.append(f"{name} {len(insts) / dt:7.1f} inst/s ({dt / fwd:4.2f}x forward)")
+        same = sum(a == b for a, b in zip(preds["pruned"], preds["exhaustive"]))
+        print("predict " + " | ".join(row) + f" | agreement {same}/{len(insts)}")
+    print(f"peak memory: {peak_memory_mb(device):,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
