@@ -1,0 +1,213 @@
+"""The report from hand-made run folders (the layout run.py writes), with numbers worked out by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from errwise.errors import ErrwiseError
+from errwise.report import compare_table, group_runs, load_run, shell_runs, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NAMES = {f"P{i}": f"rel {'abcdef'[i]}" for i in range(6)}
+TASKS = {  # relation ids per task, for task orders 0 and 1
+    0: [["P0", "P1"], ["P2", "P3"], ["P4", "P5"]],
+    1: [["P2", "P5"], ["P0", "P3"], ["P1", "P4"]],
+}
+
+
+def fake_run(
+    root: Path, name: str, method: str, order: int, matrix: list[list[float]], wall: float, epochs=2.0
+) -> Path:
+    """A run folder with `matrix` as its accuracy rows; complete when it has all 3 rows.
+
+    Each task has 10 test instances; after task i, the wrong ones of task j have gold tasks[j][0] and are
+    predicted as the newest relation tasks[i][0] (tasks[i][1] when that is the gold): a recency bias.
+    """
+    path = root / name
+    (path / "predictions").mkdir(parents=True)
+    tasks = TASKS[order]
+    config = {
+        "data": {"dataset": "builtin", "order": order, "num_tasks": 3, "relations_per_task": 2},
+        "model": {"name": "tiny-llama"},
+        "train": {"epochs": epochs, "seed": 0},
+        "method": {"name": method},
+        "eval": {"batch_size": 8},
+        "output_dir": str(path),
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    relations = {r: {"name": n, "description": f"{n}, described"} for r, n in NAMES.items()}
+    (path / "relations.json").write_text(json.dumps(relations))
+    (path / "accuracy_matrix.json").write_text(json.dumps({"tasks": tasks, "matrix": matrix}))
+    lines = []
+    for i, row in enumerate(matrix):
+        preds = []
+        for j, acc in enumerate(row):
+            for k in range(10):
+                gold = tasks[j][k % 2] if k < round(10 * acc) else tasks[j][0]
+                wrong = tasks[i][0] if gold != tasks[i][0] else tasks[i][1]
+                p = gold if k < round(10 * acc) else wrong
+                preds.append({"uid": f"{j}-{k}", "task": j, "gold": gold, "pred": p, "correct": p == gold})
+        (path / "predictions" / f"task_{i:02d}.jsonl").write_text(
+            "".join(json.dumps(x) + "\n" for x in preds)
+        )
+        seconds = wall / 3
+        phases = {"begin": 0.0, "train": 0.8 * seconds, "evaluate": 0.2 * seconds, "end": 0.0}
+        lines.append(
+            {
+                "task": i,
+                "relations": tasks[i],
+                "seen_accuracy": sum(row) / len(row),  # equal test counts: micro = mean of the row
+                "accuracy_row": row,
+                "n_test": 10 * (i + 1),
+                "train_steps": 5,
+                "train_examples": 40,
+                "train_loss": 0.5,
+                "seconds": seconds,
+                "phase_seconds": phases,
+            }
+        )
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if len(matrix) == 3:
+        summary = {"method": method, "order": order, "seen_accuracy": [x["seen_accuracy"] for x in lines]}
+        (path / "summary.json").write_text(json.dumps({**summary, "wall_seconds": wall}))
+    return path
+
+
+REPLAY_0 = [[1.0], [0.8, 0.9], [0.6, 0.7, 0.8]]  # seen 1.0 0.85 0.7
+REPLAY_1 = [[0.9], [0.7, 0.9], [0.5, 0.6, 0.7]]  # seen 0.9 0.8 0.6
+FINETUNE_0 = [[1.0], [0.2, 1.0], [0.0, 0.1, 1.0]]  # seen 1.0 0.6 0.3667
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("fake") / "runs"
+    return [
+        fake_run(root, "replay-0", "replay", 0, REPLAY_0, wall=120),
+        fake_run(root, "replay-1", "replay", 1, REPLAY_1, wall=180),
+        fake_run(root, "finetune-0", "finetune", 0, FINETUNE_0, wall=90),
+        fake_run(root, "finetune-1", "finetune", 1, [[0.9], [0.3, 1.0]], wall=60),  # 2 of 3 tasks done
+        fake_run(root, "errwise-0", "errwise", 0, [[1.0], [0.7, 0.9]], wall=150),  # 2 of 3, alone
+    ]
+
+
+def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.startswith(f"| {first_cell} ")
+    ]
+
+
+def test_load_run_reads_the_contract(runs):
+    done, partial = load_run(runs[0]), load_run(runs[3])
+    assert done.complete and done.status == "complete" and done.wall_seconds == 120
+    assert done.seen_accuracy == pytest.approx([1.0, 0.85, 0.7]) and done.matrix == REPLAY_0
+    assert done.relations["P2"] == "rel c" and done.label == "replay" and done.tasks_total == 3
+    assert not partial.complete and partial.status == "incomplete (2/3 tasks)"
+    assert partial.wall_seconds is None and partial.seconds == pytest.approx(40)  # 2 tasks of 20s
+
+
+def test_load_run_rejects_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(ErrwiseError, match=r"no metrics.jsonl in .*not an errwise run folder"):
+        load_run(tmp_path)
+    (tmp_path / "config.yaml").write_text("data: {}\n")
+    with pytest.raises(ErrwiseError, match="no completed task yet"):
+        load_run(tmp_path)
+
+
+def test_orders_and_seeds_group_together_other_differences_name_the_group(tmp_path):
+    r0 = fake_run(tmp_path, "a", "replay", 0, REPLAY_0, wall=1)
+    r1 = fake_run(tmp_path, "b", "replay", 1, REPLAY_1, wall=1)
+    r3 = fake_run(tmp_path, "c", "replay", 0, REPLAY_0, wall=1, epochs=3.0)
+    ft = fake_run(tmp_path, "d", "finetune", 0, FINETUNE_0, wall=1)
+    groups = group_runs([load_run(p) for p in (r1, r3, ft, r0)])
+    assert list(groups) == ["replay (train.epochs=2.0)", "replay (train.epochs=3.0)", "finetune"]
+    assert [r.path.name for r in groups["replay (train.epochs=2.0)"]] == ["a", "b"]  # sorted by order
+    with pytest.raises(ErrwiseError, match="baseline 'replay' matches groups"):
+        compare_table([r0, r3])
+    assert "(baseline)" in compare_table([r0, r1, r3], baseline="replay (train.epochs=3.0)")
+    text = write_report([r0, r3, ft], tmp_path / "report").read_text()  # two replays: no comparison section
+    assert "| replay (train.epochs=3.0) |" in text and "Compared with replay" not in text
+
+
+def test_the_command_hint_uses_a_glob_only_when_it_matches_exactly_the_runs(runs):
+    root = runs[0].parent
+    assert shell_runs(runs[:2]) == f"{root}/replay-*"
+    assert shell_runs(runs[2:3]) == f"{root}/finetune-0"
+    assert shell_runs(runs[2:4] + runs[:1]) == " ".join(str(p) for p in runs[2:4] + runs[:1])
+
+
+@pytest.fixture(scope="module")
+def report(runs) -> Path:
+    return write_report(runs + [runs[0]], runs[0].parents[1] / "report")  # a folder passed twice counts once
+
+
+def test_report_tables_by_hand(runs, report):
+    path, out, text = report, report.parent, report.read_text()
+    assert path.name == "report.md" and text.startswith("# errwise report")
+    assert "Model: tiny-llama" in text and "Dataset: builtin" in text
+    assert f"`errwise report {runs[0].parent}/* --out {out}`" in text
+    # replay, orders 0 and 1 (std is the sample std: |x - y| / sqrt 2):
+    #   T1 100, 90 -> 95.0±7.1; T2 85, 80 -> 82.5±3.5; T3 = Final 70, 60 -> 65.0±7.1
+    #   Average (1 + .85 + .7) / 3 = .85 and (.9 + .8 + .6) / 3 = .7667 -> 80.8±5.9
+    #   Forgetting: order 0 ((1.0 - .6) + (.9 - .7)) / 2 = .3, order 1 ((.9 - .5) + (.9 - .6)) / 2 = .35
+    #   -> 32.5±3.5; BWT -.3 and -.35 (each task's best is its diagonal here) -> -32.5±3.5
+    #   wall (120 + 180) / 2 = 2m 30s
+    replay = "| replay | 95.0±7.1 | 82.5±3.5 | 65.0±7.1 | 80.8±5.9 | 65.0±7.1 | 32.5±3.5 | -32.5±3.5 | 2 |"
+    assert replay + " 2m 30s |" in text
+    # finetune: the complete order 0 only (order 1 stopped after 2 tasks), so no ± :
+    #   seen 1.0, .6, .3667; average .6556; forgetting ((1 - 0) + (1 - .1)) / 2 = .95; BWT -.95
+    assert "| finetune | 100.0 | 60.0 | 36.7 | 65.6 | 36.7 | 95.0 | -95.0 | 1 | 1m 30s |" in text
+    # errwise has no complete run: its incomplete one is shown, so marked; forgetting 1.0 - .7 = .3
+    errwise = (
+        "| errwise — incomplete (2/3 tasks) | 100.0 | 80.0 |  | 90.0 | 80.0 | 30.0 | -30.0 | 1 | 1m 40s |"
+    )
+    assert errwise in text
+    # the per-run table lists every run, the incomplete ones marked, with a link relative to the report
+    run_rows = table_rows(text, "[finetune-1](../runs/finetune-1)")
+    assert run_rows[0][1:6] == ["finetune", "1", "0", "incomplete (2/3 tasks)", "90.0 65.0"]
+    assert run_rows[0][-1] == "40s so far"
+    assert "![Seen-relation accuracy after each task](seen_accuracy.png)" in text
+    assert "![Accuracy matrix](accuracy_matrix.png)" in text
+    for png in ("seen_accuracy.png", "accuracy_matrix.png"):
+        assert (out / png).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_report_confusions_summed_over_runs(report):
+    text = report.read_text()
+    # After task 3, wrong ones are predicted as the newest relation (see fake_run):
+    #   order 0, row [.6 .7 .8]: P0->P4 x4, P2->P4 x3, P4->P5 x2 (P4 is the newest, so P5)
+    #   order 1, row [.5 .6 .7]: P2->P1 x5, P0->P1 x4, P1->P4 x3
+    # 21 errors in 60 predictions; the tie at 4 goes to (P0, P1) before (P0, P4).
+    section = text.split("### replay\n")[1].split("###")[0]
+    assert "21 errors in 60 predictions after the last task (2 runs)" in section
+    assert table_rows(section, "rel") == [
+        ["rel c", "rel b", "5", "23.8%"],
+        ["rel a", "rel b", "4", "19.0%"],
+        ["rel a", "rel e", "4", "19.0%"],
+        ["rel b", "rel e", "3", "14.3%"],
+        ["rel c", "rel e", "3", "14.3%"],
+        ["rel e", "rel f", "2", "9.5%"],
+    ]
+
+
+def test_compare_table_pairs_runs_by_order(runs, tmp_path):
+    text = compare_table(runs)
+    header = table_rows(text, "Method")[0]
+    assert header[-4:] == ["Final", "Δ Final vs replay", "p (paired t)", "Paired orders"]
+    assert table_rows(text, "replay")[0][-4:] == ["65.0±7.1", "(baseline)", "", "2"]
+    assert table_rows(text, "finetune")[0][-4:] == ["36.7", "n/a", "n/a", "1"]  # one complete order
+    assert table_rows(text, "errwise — incomplete (2/3 tasks)")[0][-4:] == ["80.0", "n/a", "n/a", "0"]
+    # errwise finals .8 (order 0) and .65 (order 1) against replay's .7 and .6: d = [.1, .05],
+    # t = 3 with 1 degree of freedom (Cauchy): p = 1 - 2/pi * atan(3) = 0.205
+    e0 = fake_run(tmp_path, "e0", "errwise", 0, [[1.0], [0.9, 0.9], [0.8, 0.8, 0.8]], wall=1)
+    e1 = fake_run(tmp_path, "e1", "errwise", 1, [[1.0], [0.8, 0.8], [0.6, 0.6, 0.75]], wall=1)
+    text = compare_table([e0, e1, *runs[:2]])
+    assert table_rows(text, "errwise")[0][-4:] == ["72.5±10.6", "+7.5±3.5", "0.205", "2"]
+    without = compare_table([e0, e1], baseline="replay")
+    assert table_rows(without, "errwise")[0][-3:] == ["n/a", "n/a", "0"]
+    assert "without a `replay` group" in without
