@@ -27,7 +27,8 @@ from errwise import metrics
 from errwise.errors import ErrwiseError
 
 # Keys that vary between the runs averaged into one group (the task order is the point of averaging).
-RUN_KEYS = ("data.order", "train.seed", "output_dir")
+# Keys that vary between repetitions of one experiment (or between machines), not between experiments.
+RUN_KEYS = ("data.order", "train.seed", "output_dir", "data.path", "model.device")
 
 
 @dataclass(frozen=True)

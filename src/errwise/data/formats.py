@@ -1,7 +1,9 @@
 """Loaders: each external format becomes a `Corpus` here, at the edge; nothing downstream knows file formats.
 
-Supported: official FewRel JSON, official TACRED JSON, the entity-marker JSON of CRE codebases, and errwise
-JSONL for a user's own data. Every problem is one `ErrwiseError` line naming the file, the record and the fix.
+Supported: official FewRel JSON, official TACRED JSON, the entity-marker JSON of the CRE codebases, and
+errwise JSONL for a user's own data. `load_corpus` is the one entry point. Every problem in a file is one
+`ErrwiseError` line naming the file, the record and the fix: a data file the tool cannot read is often a
+user's first contact with it.
 """
 
 from __future__ import annotations
@@ -9,197 +11,324 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from errwise.data.stream import FEWREL_ID2REL, TACRED_ID2REL
 from errwise.data.types import Corpus, Relation, RelationInstance
 from errwise.errors import ErrwiseError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-FEWREL_URL = "https://raw.githubusercontent.com/thunlp/FewRel/master/data/{}"
+FEWREL_URL = "https://raw.githubusercontent.com/thunlp/FewRel/master/data/"
 FEWREL_FILES = ("train_wiki.json", "val_wiki.json", "pid2name.json")
+FORMATS = (
+    "errwise JSONL (.jsonl), FewRel JSON ({relation: [{tokens, h, t}]}), TACRED JSON ([{token, subj_start, "
+    "...}]) or entity-marker JSON (tokens with [E11] [E12] [E21] [E22])"
+)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _MARKERS = ("[E11]", "[E12]", "[E21]", "[E22]")
+_MARK_FIX = "mark the head with [E11] ... [E12] and the tail with [E21] ... [E22], once each"
+_TACRED_KINDS = {"per": "person", "org": "organization"}
+_TACRED_KEYS = ("id", "relation", "token", "subj_start", "subj_end", "obj_start", "obj_end")
+# TACRED keeps the Penn Treebank escapes; an LLM reads brackets better than -LRB-.
+_PTB = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
 
 
 def tokenize(text: str) -> list[str]:
+    """Words and single punctuation marks: the tokenisation of errwise JSONL's `text`."""
     return _TOKEN.findall(text)
+
+
+def _fail(path: Path, where: str, message: str) -> NoReturn:
+    raise ErrwiseError(f"{path}: {where}: {message}")
 
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ErrwiseError(f"{path}: file not found; check --data.path") from None
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ErrwiseError(f"{path}: cannot read ({e.strerror}); check the path") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ErrwiseError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}); fix the file") from None
+        _fail(
+            path,
+            f"line {e.lineno}, column {e.colno}",
+            f"malformed JSON ({e.msg}); fix the file or fetch it again",
+        )
 
 
-def _span(path: Path, where: str, span: Any, n: int) -> tuple[int, int]:
-    """Check an end-exclusive token span against a sentence of n tokens."""
-    ok = isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(v, int) for v in span)
-    if not ok or not (0 <= span[0] < span[1] <= n):
-        raise ErrwiseError(f"{path}: {where}: span {span} is out of range for a sentence of {n} tokens; fix the record")
-    return int(span[0]), int(span[1])
+def _record(path: Path, where: str, rec: Any, keys: Sequence[str]) -> dict:
+    if not isinstance(rec, dict):
+        _fail(
+            path, where, f"expected an object, got {type(rec).__name__}; give each record {', '.join(keys)}"
+        )
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        _fail(path, where, f"missing key(s) {', '.join(missing)}; each record needs {', '.join(keys)}")
+    return rec
 
 
-def _check_disjoint(path: Path, where: str, head: tuple[int, int], tail: tuple[int, int]) -> None:
-    if head[0] < tail[1] and tail[0] < head[1]:
-        raise ErrwiseError(f"{path}: {where}: head {head} and tail {tail} overlap; fix the record")
+def _tokens(path: Path, where: str, tokens: Any) -> list[str]:
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        _fail(path, where, "tokens must be a non-empty list of strings; fix the record")
+    return tokens
 
 
-def _order_relations(ids: list[str], canonical: list[str]) -> list[str]:
-    """Canonical order for the ids it knows, then the others in first-appearance order."""
-    known = [r for r in canonical if r in ids]
-    return known + [r for r in ids if r not in set(canonical)]
+def _span(path: Path, where: str, role: str, start: Any, end: Any, n: int) -> tuple[int, int]:
+    """An end-exclusive token span, checked against a sentence of n tokens."""
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= n):
+        _fail(
+            path, where, f"{role} span [{start}, {end}) is empty or outside the sentence of {n} tokens; "
+            "spans are token offsets with 0 <= start < end <= number of tokens",
+        )  # fmt: skip
+    return start, end
+
+
+def _default_relation(rel: str) -> Relation:
+    """A relation with no name given: TACRED labels read as TACRED names, others with `_` as space."""
+    kind, sep, _ = rel.partition(":")
+    if sep and kind in _TACRED_KINDS:
+        return Relation(rel, tacred_name(rel), tacred_description(rel))
+    return Relation(rel, rel.replace("_", " "))
+
+
+def _unique_names(path: Path, relations: list[Relation]) -> None:
+    """The model answers with a relation's name, so two relations must never share one."""
+    seen: dict[str, str] = {}
+    for r in relations:
+        if r.name in seen:
+            _fail(path, f"relations {seen[r.name]} and {r.id}", f"share the name {r.name!r}; rename one")
+        seen[r.name] = r.id
+
+
+def read_relations(path: Path) -> dict[str, Relation]:
+    """`{id: {"name": ..., "description": ...}}` or FewRel's pid2name layout `{id: [name, description]}`."""
+    data = read_json(path)
+    fix = 'write {"relation_id": {"name": ..., "description": ...}}'
+    if not isinstance(data, dict):
+        _fail(path, "top level", f"expected an object; {fix}")
+    out = {}
+    for rel, v in data.items():
+        if isinstance(v, dict) and isinstance(v.get("name"), str):
+            out[rel] = Relation(rel, v["name"], str(v.get("description", "")))
+        elif isinstance(v, list) and v and isinstance(v[0], str):
+            out[rel] = Relation(rel, v[0], str(v[1]) if len(v) > 1 else "")
+        else:
+            _fail(path, f"relation {rel}", f"unreadable entry {v!r:.60}; {fix}")
+    _unique_names(path, list(out.values()))
+    return out
+
+
+def _corpus(name: str, source: Path, relations: list[Relation], instances: list[RelationInstance]) -> Corpus:
+    """Check what every downstream component relies on: some instances, unique uids, unique names."""
+    if not instances:
+        _fail(source, "whole file", "no instances; check that this is the right file")
+    uids: set[str] = set()
+    for x in instances:
+        if x.uid in uids:
+            _fail(source, f"instance {x.uid}", "duplicate id; give every instance a unique id")
+        uids.add(x.uid)
+    _unique_names(source, relations)
+    return Corpus(name, tuple(relations), tuple(instances))
+
+
+def _canonical(ids: list[str]) -> list[str]:
+    """Canonical CRE order when every id is in one canonical list (so default streams are standard)."""
+    for canonical in (FEWREL_ID2REL, TACRED_ID2REL):
+        if set(ids) <= set(canonical):
+            return [r for r in canonical if r in set(ids)]
+    return ids
 
 
 # ------------------------------------------------------------------------------------------------ FewRel
 
 
-def _fewrel_span(path: Path, where: str, ent: Any, n: int) -> tuple[int, int]:
-    try:
-        positions = ent[2][0]
-        return _span(path, where, [min(positions), max(positions) + 1], n)
-    except (TypeError, IndexError, ValueError):
-        raise ErrwiseError(f"{path}: {where}: expected [name, id, [[token positions]]], got {ent!r:.80}") from None
+def _mention(path: Path, where: str, role: str, ent: Any, n: int) -> tuple[int, int]:
+    """FewRel's `[name, wikidata_id, [[positions of mention 1], ...]]` -> span of the first mention."""
+    ok = isinstance(ent, list) and len(ent) >= 3 and isinstance(ent[2], list) and ent[2]
+    positions = ent[2][0] if ok else None
+    if not (isinstance(positions, list) and positions and all(isinstance(p, int) for p in positions)):
+        _fail(path, where, f"{role} is not [name, id, [[token positions]]]: {ent!r:.80}; fix the record")
+    return _span(path, where, role, min(positions), max(positions) + 1, n)
 
 
-def load_fewrel(paths: list[Path], pid2name: Path | None = None) -> Corpus:
-    """Official FewRel JSON (fewrel80.json, or train_wiki.json + val_wiki.json); span = first mention."""
-    names = {k: v for k, v in read_json(pid2name).items()} if pid2name else {}
-    groups: dict[str, list[RelationInstance]] = {}
-    for path in paths:
-        data = read_json(path)
+def _fewrel(files: list[tuple[Path, Any]], names: dict[str, Relation]) -> Corpus:
+    instances: list[RelationInstance] = []
+    count: dict[str, int] = {}  # per relation, continued across files so uids stay unique
+    for path, data in files:
         if not isinstance(data, dict):
-            raise ErrwiseError(f"{path}: expected FewRel layout {{relation: [instances]}}, got a {type(data).__name__}")
+            _fail(path, "top level", "expected {relation_id: [records]}; pass a FewRel file")
         for rel, records in data.items():
-            out = groups.setdefault(rel, [])
-            for rec in records:
-                where = f"relation {rel} record {len(out)}"
-                try:
-                    tokens, h, t = rec["tokens"], rec["h"], rec["t"]
-                except (KeyError, TypeError):
-                    raise ErrwiseError(f"{path}: {where}: missing 'tokens', 'h' or 't'; fix the record") from None
-                head = _fewrel_span(path, where, h, len(tokens))
-                tail = _fewrel_span(path, where, t, len(tokens))
-                out.append(RelationInstance(f"{rel}/{len(out)}", tuple(tokens), head, tail, rel))
-    ids = _order_relations(list(groups), FEWREL_ID2REL)
-    relations = tuple(
-        Relation(r, names[r][0], names[r][1]) if r in names else Relation(r, r) for r in ids
-    )
-    return Corpus("fewrel", relations, tuple(x for r in ids for x in groups[r]))
+            if not isinstance(records, list):
+                _fail(path, f"relation {rel}", "expected a list of records; pass a FewRel file")
+            for i, rec in enumerate(records):
+                where = f"relation {rel} record {i}"
+                rec = _record(path, where, rec, ("tokens", "h", "t"))
+                tokens = _tokens(path, where, rec["tokens"])
+                head = _mention(path, where, "head (h)", rec["h"], len(tokens))
+                tail = _mention(path, where, "tail (t)", rec["t"], len(tokens))
+                k = count.setdefault(rel, 0)
+                instances.append(RelationInstance(f"{rel}/{k}", tuple(tokens), head, tail, rel))
+                count[rel] = k + 1
+    relations = [names.get(r) or _default_relation(r) for r in _canonical(list(count))]
+    return _corpus("fewrel", files[0][0], relations, instances)
+
+
+def load_fewrel(paths: list[Path], pid2name: Path | None) -> Corpus:
+    """Official FewRel JSON: fewrel80.json, or train_wiki.json + val_wiki.json merged (80 relations x 700).
+
+    The span is the first mention; names and descriptions come from pid2name.json (else name = id).
+    """
+    names = read_relations(pid2name) if pid2name else {}
+    return _fewrel([(Path(p), read_json(p)) for p in paths], names)
 
 
 # ------------------------------------------------------------------------------------------------ TACRED
 
 
 def tacred_name(label: str) -> str:
-    """`per:city_of_birth` -> `person city of birth` (unique: per/org prefixes stay)."""
+    """`per:city_of_birth` -> `person city of birth`; the per/org prefix keeps names unique."""
     kind, _, rest = label.partition(":")
-    prefix = {"per": "person", "org": "organization"}.get(kind, kind)
-    return f"{prefix} {rest.replace('_', ' ').replace('/', ' or ')}".strip()
+    return f"{_TACRED_KINDS.get(kind, kind)} {rest.replace('_', ' ').replace('/', ' or ')}"
+
+
+def tacred_description(label: str) -> str:
+    kind, _, rest = label.partition(":")
+    article = "an" if kind == "org" else "a"
+    slot = rest.replace("_", " ").replace("/", " or ")
+    return (
+        f"The head is {article} {_TACRED_KINDS.get(kind, kind)} and the tail is its {slot} (TACRED {label})."
+    )
+
+
+def _tacred(files: list[tuple[Path, Any]]) -> Corpus:
+    instances: list[RelationInstance] = []
+    for path, data in files:
+        if not isinstance(data, list):
+            _fail(path, "top level", "expected a list of TACRED records; pass a TACRED file")
+        for i, rec in enumerate(data):
+            rec = _record(path, f"record {i}", rec, _TACRED_KEYS)
+            if rec["relation"] == "no_relation":
+                continue
+            where = f"record {i} (id {rec['id']})"
+            tokens = [_PTB.get(t, t) for t in _tokens(path, where, rec["token"])]
+            n = len(tokens)
+            s, e = rec["subj_start"], rec["subj_end"]  # TACRED ends are inclusive
+            head = _span(path, where, "subject", s, e + 1 if isinstance(e, int) else e, n)
+            s, e = rec["obj_start"], rec["obj_end"]
+            tail = _span(path, where, "object", s, e + 1 if isinstance(e, int) else e, n)
+            instances.append(
+                RelationInstance(str(rec["id"]), tuple(tokens), head, tail, str(rec["relation"]))
+            )
+    seen = list(dict.fromkeys(x.relation for x in instances))
+    ids = [r for r in TACRED_ID2REL if r in set(seen)] + [r for r in seen if r not in TACRED_ID2REL]
+    relations = [Relation(r, tacred_name(r), tacred_description(r)) for r in ids]
+    return _corpus("tacred", files[0][0], relations, instances)
 
 
 def load_tacred(paths: list[Path]) -> Corpus:
-    """Official TACRED JSON lists (train/dev/test merged, as CRE codebases re-split them); `no_relation` dropped.
-    TACRED spans are end-inclusive; they become end-exclusive here. Head = subject, tail = object."""
-    instances: list[RelationInstance] = []
-    for path in paths:
-        data = read_json(path)
-        if not isinstance(data, list):
-            raise ErrwiseError(f"{path}: expected a TACRED list of records, got a {type(data).__name__}")
-        for i, rec in enumerate(data):
-            where = f"record {i}"
-            try:
-                rel, tokens = rec["relation"], rec["token"]
-                subj = [rec["subj_start"], rec["subj_end"] + 1]
-                obj = [rec["obj_start"], rec["obj_end"] + 1]
-            except (KeyError, TypeError):
-                raise ErrwiseError(
-                    f"{path}: {where}: missing one of relation, token, subj_start, subj_end, obj_start, obj_end"
-                ) from None
-            if rel == "no_relation":
-                continue
-            head, tail = _span(path, where, subj, len(tokens)), _span(path, where, obj, len(tokens))
-            instances.append(RelationInstance(str(rec.get("id", f"{path.stem}:{i}")), tuple(tokens), head, tail, rel))
-    ids = _order_relations(list(dict.fromkeys(x.relation for x in instances)), TACRED_ID2REL)
-    relations = tuple(
-        Relation(r, tacred_name(r), f"The relation '{tacred_name(r)}' from TACRED ({r}).") for r in ids
-    )
-    return Corpus("tacred", relations, tuple(instances))
+    """Official TACRED JSON lists (train/dev/test merged: the CRE protocol re-splits them).
+
+    `no_relation` is dropped. TACRED ends are inclusive; ours exclusive. Head = subject, tail = object.
+    """
+    return _tacred([(Path(p), read_json(p)) for p in paths])
 
 
 # ---------------------------------------------------------------------------------------- entity markers
 
 
-def load_marker(path: Path, relation_names: Path | None = None) -> Corpus:
-    """`{relation: [{"relation", "tokens": [... "[E11]", head, "[E12]" ... "[E21]", tail, "[E22]" ...]}]}`."""
-    data = read_json(path)
-    names = _relation_file(relation_names) if relation_names else {}
+def _unmark(path: Path, where: str, raw: list[str]) -> tuple[list[str], tuple[int, int], tuple[int, int]]:
+    """Tokens without the markers, and the head ([E11]..[E12]) and tail ([E21]..[E22]) spans between them."""
+    tokens: list[str] = []
+    pos: dict[str, int] = {}
+    for tok in raw:
+        if tok not in _MARKERS:
+            tokens.append(tok)
+        elif tok in pos:
+            _fail(path, where, f"marker {tok} appears twice; {_MARK_FIX}")
+        else:
+            pos[tok] = len(tokens)
+    missing = [m for m in _MARKERS if m not in pos]
+    if missing:
+        _fail(path, where, f"marker(s) {' '.join(missing)} missing; {_MARK_FIX}")
+    head = _span(path, where, "head ([E11] [E12])", pos["[E11]"], pos["[E12]"], len(tokens))
+    tail = _span(path, where, "tail ([E21] [E22])", pos["[E21]"], pos["[E22]"], len(tokens))
+    return tokens, head, tail
+
+
+def _marker(path: Path, data: Any, names: dict[str, Relation]) -> Corpus:
+    if not isinstance(data, dict):
+        _fail(path, "top level", "expected {relation: [records]}; pass an entity-marker file")
     instances: list[RelationInstance] = []
-    for rel, records in data.items():
+    count: dict[str, int] = {}
+    for key, records in data.items():
+        if not isinstance(records, list):
+            _fail(path, f"relation {key}", "expected a list of records; pass an entity-marker file")
         for i, rec in enumerate(records):
-            where = f"relation {rel} record {i}"
-            raw = rec.get("tokens") if isinstance(rec, dict) else None
-            if not isinstance(raw, list) or any(raw.count(m) != 1 for m in _MARKERS):
-                raise ErrwiseError(f"{path}: {where}: tokens must contain each of {' '.join(_MARKERS)} once")
-            tokens: list[str] = []
-            pos: dict[str, int] = {}
-            for tok in raw:
-                if tok in _MARKERS:
-                    pos[tok] = len(tokens)
-                else:
-                    tokens.append(tok)
-            head = _span(path, where, [pos["[E11]"], pos["[E12]"]], len(tokens))
-            tail = _span(path, where, [pos["[E21]"], pos["[E22]"]], len(tokens))
-            instances.append(RelationInstance(f"{rel}/{i}", tuple(tokens), head, tail, rec.get("relation", rel)))
-    ids = _order_relations(list(dict.fromkeys(x.relation for x in instances)), FEWREL_ID2REL)
-    return Corpus(path.stem, tuple(names.get(r, _default_relation(r)) for r in ids), tuple(instances))
+            where = f"relation {key} record {i}"
+            rec = _record(path, where, rec, ("tokens",))
+            tokens, head, tail = _unmark(path, where, _tokens(path, where, rec["tokens"]))
+            rel = str(rec.get("relation", key))
+            k = count.setdefault(rel, 0)
+            instances.append(RelationInstance(f"{rel}/{k}", tuple(tokens), head, tail, rel))
+            count[rel] = k + 1
+    relations = [names.get(r) or _default_relation(r) for r in _canonical(list(count))]
+    return _corpus(path.stem, path, relations, instances)
+
+
+def load_marker(path: Path, relation_names: Path | None = None) -> Corpus:
+    """The CRE codebases' `{relation: [{"relation", "tokens": [... "[E11]", head..., "[E12]", ...]}]}`.
+
+    Markers are stripped and become spans; names come from `relation_names` (either relations-file layout).
+    """
+    names = read_relations(relation_names) if relation_names else {}
+    return _marker(Path(path), read_json(path), names)
 
 
 # ------------------------------------------------------------------------------------------ errwise JSONL
 
 
-def _default_relation(rel: str) -> Relation:
-    return Relation(rel, rel.replace("_", " "))
-
-
-def _relation_file(path: Path) -> dict[str, Relation]:
-    """`{id: {"name", "description"}}` or the pid2name layout `{id: [name, description]}`."""
-    data = read_json(path)
-    out = {}
-    for rel, v in data.items():
-        if isinstance(v, dict) and "name" in v:
-            out[rel] = Relation(rel, v["name"], v.get("description", ""))
-        elif isinstance(v, list) and v:
-            out[rel] = Relation(rel, v[0], v[1] if len(v) > 1 else "")
-        else:
-            raise ErrwiseError(f"{path}: relation {rel}: expected {{'name': ..., 'description': ...}}; fix the entry")
-    return out
-
-
-def _find(path: Path, where: str, tokens: list[str], mention: str, role: str) -> tuple[int, int]:
-    target = tokenize(mention)
+def _find(path: Path, where: str, role: str, tokens: list[str], mention: Any) -> tuple[int, int]:
+    """The first occurrence of the mention's tokens in the sentence."""
+    target = tokenize(mention) if isinstance(mention, str) else []
+    if not target:
+        _fail(
+            path, where, f"{role} {mention!r} is not a non-empty string; give the {role} as words of the text"
+        )
     for i in range(len(tokens) - len(target) + 1):
-        if target and tokens[i : i + len(target)] == target:
+        if tokens[i : i + len(target)] == target:
             return i, i + len(target)
-    raise ErrwiseError(f"{path}: {where}: {role} {mention!r} is not in the text; give the exact words of the text")
+    _fail(
+        path, where, f"{role} {mention!r} is not in the text; write the {role} exactly as in the text "
+        "(same case), or give tokens with [start, end] spans",
+    )  # fmt: skip
+
+
+def _pair(path: Path, where: str, role: str, v: Any, n: int) -> tuple[int, int]:
+    if not (isinstance(v, list) and len(v) == 2):
+        _fail(path, where, f"{role} must be [start, end] (token offsets, end exclusive), got {v!r:.40}")
+    return _span(path, where, role, v[0], v[1], n)
 
 
 def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
-    """errwise JSONL: `{"text", "head", "tail", "relation"}` or `{"tokens", "head": [s, e], "tail": [s, e],
-    "relation"}` per line; optional `"id"`. Relations file: `relations.json` beside it unless given."""
+    """errwise JSONL, one instance per line, either form (README, "Your own data"):
+
+    `{"text": "Marie Curie was born in Warsaw .", "head": "Marie Curie", "tail": "Warsaw", "relation": "r"}`
+    (head/tail = first match of their tokens in the text), or
+    `{"tokens": [...], "head": [start, end], "tail": [start, end], "relation": "r"}` (end exclusive);
+    optional "id" (default `<file stem>:<line>`). Names and descriptions come from `relations`; relations
+    follow its order, then first appearance; relations it lists without instances are left out.
+    """
     path = Path(path)
-    if relations is None and (path.parent / "relations.json").is_file():
-        relations = path.parent / "relations.json"
-    names = _relation_file(relations) if relations else {}
+    names = read_relations(relations) if relations else {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ErrwiseError(f"{path}: file not found; check --data.dataset/--data.path") from None
+    except OSError as e:
+        raise ErrwiseError(f"{path}: cannot read ({e.strerror}); check the path") from None
     instances: list[RelationInstance] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -208,116 +337,152 @@ def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ErrwiseError(f"{path}: {where}: malformed JSON ({e.msg}); one JSON object per line") from None
-        if not isinstance(rec, dict) or "relation" not in rec or "head" not in rec or "tail" not in rec:
-            raise ErrwiseError(f"{path}: {where}: needs 'relation', 'head', 'tail' and 'text' or 'tokens'")
+            _fail(
+                path, where, f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line"
+            )
+        rec = _record(path, where, rec, ("head", "tail", "relation"))
         if "tokens" in rec:
-            tokens = list(rec["tokens"])
-            head = _span(path, where, rec["head"], len(tokens))
-            tail = _span(path, where, rec["tail"], len(tokens))
+            tokens = _tokens(path, where, rec["tokens"])
+            head = _pair(path, where, "head", rec["head"], len(tokens))
+            tail = _pair(path, where, "tail", rec["tail"], len(tokens))
         elif "text" in rec:
-            tokens = tokenize(rec["text"])
-            head = _find(path, where, tokens, str(rec["head"]), "head")
-            tail = _find(path, where, tokens, str(rec["tail"]), "tail")
+            tokens = tokenize(str(rec["text"]))
+            head = _find(path, where, "head", tokens, rec["head"])
+            tail = _find(path, where, "tail", tokens, rec["tail"])
         else:
-            raise ErrwiseError(f"{path}: {where}: needs 'text' (with head/tail strings) or 'tokens' (with spans)")
-        _check_disjoint(path, where, head, tail)
+            _fail(
+                path,
+                where,
+                'missing key text or tokens; give "text" and head/tail strings, or "tokens" and spans',
+            )
         uid = str(rec.get("id", f"{path.stem}:{n}"))
         instances.append(RelationInstance(uid, tuple(tokens), head, tail, str(rec["relation"])))
     seen = list(dict.fromkeys(x.relation for x in instances))
     ids = [r for r in names if r in set(seen)] + [r for r in seen if r not in names]
-    return Corpus(path.stem, tuple(names.get(r, _default_relation(r)) for r in ids), tuple(instances))
+    return _corpus(path.stem, path, [names.get(r) or _default_relation(r) for r in ids], instances)
 
 
 # ------------------------------------------------------------------------------------------- entry point
 
 
-def fewrel_dir(path: str | None) -> Path:
-    """--data.path, else $ERRWISE_FEWREL_DIR, else the cache (downloading the official files if needed)."""
-    if path:
-        return Path(path)
+def fewrel_dir() -> Path:
+    """$ERRWISE_FEWREL_DIR, else the cache folder, downloading the official files into it when it has none."""
     if os.environ.get("ERRWISE_FEWREL_DIR"):
         return Path(os.environ["ERRWISE_FEWREL_DIR"])
-    from errwise.model import cache_dir
-
-    target = cache_dir() / "data" / "fewrel"
-    if all((target / f).is_file() for f in FEWREL_FILES):
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    for f in FEWREL_FILES:
-        if (target / f).is_file():
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "errwise" / "data" / "fewrel"
+    if (cache / "fewrel80.json").is_file():
+        return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in FEWREL_FILES:
+        target = cache / name
+        if target.is_file():
             continue
+        print(f"downloading {FEWREL_URL}{name} into {cache}", file=sys.stderr)
         try:
-            with urllib.request.urlopen(FEWREL_URL.format(f), timeout=20) as r:
-                data = r.read()
-        except OSError as e:
+            with urllib.request.urlopen(FEWREL_URL + name, timeout=30) as response:
+                data = response.read()
+        except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
             raise ErrwiseError(
-                f"FewRel is not in {target} and could not be downloaded ({e}); no network? "
-                "download train_wiki.json, val_wiki.json, pid2name.json from github.com/thunlp/FewRel and pass "
-                "--data.path FOLDER (or set ERRWISE_FEWREL_DIR)"
+                f"{FEWREL_URL}{name}: cannot download ({e}), no network?; put train_wiki.json, val_wiki.json "
+                f"and pid2name.json in {cache}, or pass a folder holding them with --data.path (or set "
+                "ERRWISE_FEWREL_DIR)"
             ) from None
-        (target / f).with_suffix(".tmp").write_bytes(data)
-        (target / f).with_suffix(".tmp").rename(target / f)
-    return target
+        part = target.with_suffix(".part")  # a broken download never looks like a complete file
+        part.write_bytes(data)
+        part.replace(target)
+    return cache
 
 
-def _detect(path: Path) -> str:
-    if path.suffix == ".jsonl":
-        return "jsonl"
-    data = read_json(path)
+def _fewrel_folder(folder: Path) -> Corpus:
+    if (folder / "fewrel80.json").is_file():
+        files = [folder / "fewrel80.json"]
+    else:
+        files = [folder / f for f in ("train_wiki.json", "val_wiki.json") if (folder / f).is_file()]
+    if not files:
+        raise ErrwiseError(
+            f"{folder}: no fewrel80.json or train_wiki.json/val_wiki.json; pass the folder holding the "
+            "FewRel files with --data.path"
+        )
+    pid2name = folder / "pid2name.json"
+    if not pid2name.is_file():
+        raise ErrwiseError(f"{pid2name}: missing (relation names); download {FEWREL_URL}pid2name.json there")
+    return load_fewrel(files, pid2name)
+
+
+def _tacred_folder(folder: Path) -> Corpus:
+    files = [folder / f for f in ("train.json", "dev.json", "test.json") if (folder / f).is_file()]
+    if not files:
+        raise ErrwiseError(
+            f"{folder}: no train.json, dev.json or test.json; TACRED is LDC-licensed and cannot be "
+            "downloaded: pass the folder holding its official JSON files with --data.path"
+        )
+    return load_tacred(files)
+
+
+def _detect(data: Any) -> str | None:
     if isinstance(data, list):
-        if data and isinstance(data[0], dict) and "subj_start" in data[0]:
-            return "tacred"
-    elif isinstance(data, dict) and data:
-        first = next(iter(data.values()))
-        rec = first[0] if isinstance(first, list) and first else None
-        if isinstance(rec, dict) and "h" in rec and "t" in rec:
-            return "fewrel"
-        if isinstance(rec, dict) and "[E11]" in rec.get("tokens", []):
-            return "marker"
-    raise ErrwiseError(
-        f"{path}: unknown format; supported: FewRel JSON, TACRED JSON, entity-marker JSON, errwise JSONL (see README)"
-    )
+        return "tacred" if data and isinstance(data[0], dict) and "subj_start" in data[0] else None
+    first = next(iter(data.values()), None) if isinstance(data, dict) else None
+    rec = first[0] if isinstance(first, list) and first else None
+    if not isinstance(rec, dict):
+        return None
+    if "h" in rec and "t" in rec:
+        return "fewrel"
+    if isinstance(rec.get("tokens"), list) and "[E11]" in rec["tokens"]:
+        return "marker"
+    return None
+
+
+def _load_path(path: Path, names_file: Path | None) -> Corpus:
+    """A file or folder in any supported format; names from `names_file`, else a sibling relations file."""
+    if path.is_dir():
+        if (path / "instances.jsonl").is_file():
+            path = path / "instances.jsonl"
+        elif (path / "fewrel80.json").is_file() or (path / "train_wiki.json").is_file():
+            return _fewrel_folder(path)
+        elif (path / "train.json").is_file():
+            return _tacred_folder(path)
+        else:
+            raise ErrwiseError(f"{path}: no data file found in this folder; supported: {FORMATS}")
+    siblings = [path.parent / "relations.json", path.parent / "pid2name.json"]
+    names_file = names_file or next((p for p in siblings if p.is_file()), None)
+    if path.suffix == ".jsonl":
+        return load_jsonl(path, names_file)
+    data = read_json(path)
+    fmt = _detect(data)
+    if fmt == "tacred":
+        return _tacred([(path, data)])
+    if fmt == "fewrel":
+        return _fewrel([(path, data)], read_relations(names_file) if names_file else {})
+    if fmt == "marker":
+        return _marker(path, data, read_relations(names_file) if names_file else {})
+    raise ErrwiseError(f"{path}: unknown data format; supported: {FORMATS}")
 
 
 def load_corpus(dataset: str, path: str | None = None) -> Corpus:
-    """The one entry point: `builtin`, `fewrel`, `tacred`, or a path to a data file/folder."""
+    """The one entry point.
+
+    `builtin`: the small corpus shipped with errwise (offline). `fewrel`: `path` is a folder with
+    fewrel80.json (or train_wiki.json + val_wiki.json) and pid2name.json; without `path`,
+    $ERRWISE_FEWREL_DIR or the cache (downloaded once). `tacred`: `path` is the folder with the official
+    train/dev/test.json (required). Otherwise `dataset` is a file or folder whose format is detected; then
+    `path`, if given, is its relations file (names, descriptions), else a relations.json or pid2name.json
+    beside it is used.
+    """
     if dataset == "builtin":
         corpus = load_jsonl(BUILTIN_DIR / "instances.jsonl", BUILTIN_DIR / "relations.json")
         return Corpus("builtin", corpus.relations, corpus.instances)
     if dataset == "fewrel":
-        folder = fewrel_dir(path)
-        files = [folder / "fewrel80.json"] if (folder / "fewrel80.json").is_file() else [
-            folder / f for f in ("train_wiki.json", "val_wiki.json") if (folder / f).is_file()
-        ]
-        if not files:
-            raise ErrwiseError(
-                f"{folder}: no fewrel80.json or train_wiki.json/val_wiki.json; pass the FewRel folder with --data.path"
-            )
-        pid2name = folder / "pid2name.json"
-        return load_fewrel(files, pid2name if pid2name.is_file() else None)
+        return _fewrel_folder(Path(path) if path else fewrel_dir())
     if dataset == "tacred":
         if not path:
             raise ErrwiseError(
-                "TACRED is LDC-licensed and not downloadable: pass the folder holding train.json, dev.json and "
-                "test.json with --data.path"
+                "TACRED is LDC-licensed and not shipped or downloaded: pass the folder holding its "
+                "train.json, dev.json and test.json with --data.path"
             )
-        folder = Path(path)
-        files = [folder / f for f in ("train.json", "dev.json", "test.json") if (folder / f).is_file()]
-        if not files:
-            raise ErrwiseError(f"{folder}: no train.json/dev.json/test.json; pass the TACRED json folder")
-        return load_tacred(files)
-    p = Path(path or dataset)
-    if p.is_dir():
-        raise ErrwiseError(f"{p} is a folder; pass --data.dataset fewrel or tacred with --data.path {p}, or a file")
-    if not p.exists():
-        raise ErrwiseError(f"unknown dataset {dataset!r}: not builtin/fewrel/tacred and no such file")
-    fmt = _detect(p)
-    if fmt == "jsonl":
-        return load_jsonl(p)
-    if fmt == "tacred":
-        return load_tacred([p])
-    if fmt == "fewrel":
-        pid2name = p.parent / "pid2name.json"
-        return load_fewrel([p], pid2name if pid2name.is_file() else None)
-    return load_marker(p, p.parent / "relations.json" if (p.parent / "relations.json").is_file() else None)
+        return _tacred_folder(Path(path))
+    if not Path(dataset).exists():
+        raise ErrwiseError(
+            f"{dataset}: no such file or folder, and not builtin, fewrel or tacred; check the name"
+        )
+    return _load_path(Path(dataset), Path(path) if path else None)
