@@ -60,19 +60,45 @@ def main() -> None:
     corpus = load_corpus("fewrel", args.data)
     by_rel = corpus.by_relation()
     rels = list(corpus.relations)
-    print(f"model {args.model}{' (random init)' if args.random_init else ''} on {device} {dtype}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model {args.model}{' (random init)' if args.random_init else ''} on {device} {dtype}, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     # Training throughput: the plain instruction on FewRel sentences.
     examples = [plain_example(x, corpus.relation(x.relation)) for r in rels[:8] for x in by_rel[r.id][:16]]
-    train(model, tok, examples[: args.batch_size], epochs=1, max_steps=1, batch_size=args.batch_size, lr=1e-4,
-          weight_decay=0.0, warmup_ratio=0.0, max_length=256, seed=0)  # warm-up
+    train(
+        model,
+        tok,
+        examples[: args.batch_size],
+        epochs=1,
+        max_steps=1,
+        batch_size=args.batch_size,
+        lr=1e-4,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        max_length=256,
+        seed=0,
+    )  # warm-up
     t = time.time()
-    stats = train(model, tok, examples, epochs=1, max_steps=args.train_steps, batch_size=args.batch_size, lr=1e-4,
-                  weight_decay=0.0, warmup_ratio=0.0, max_length=256, seed=0)
+    stats = train(
+        model,
+        tok,
+        examples,
+        epochs=1,
+        max_steps=args.train_steps,
+        batch_size=args.batch_size,
+        lr=1e-4,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        max_length=256,
+        seed=0,
+    )
     dt = time.time() - t
-    print(f"train: {stats.tokens / dt:,.0f} tokens/s, {dt / stats.steps:.2f} s/step "
-          f"(batch {args.batch_size}, {stats.tokens / stats.steps / args.batch_size:.0f} tokens/example)")
+    print(
+        f"train: {stats.tokens / dt:,.0f} tokens/s, {dt / stats.steps:.2f} s/step "
+        f"(batch {args.batch_size}, {stats.tokens / stats.steps / args.batch_size:.0f} tokens/example)"
+    )
 
     # Prediction throughput at 8, 40, 80 candidates, next to a forward pass over the same prompts alone.
     for n in (8, 40, 80):

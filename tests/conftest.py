@@ -23,7 +23,9 @@ def build_tiny_model(path: Path, texts: list[str]) -> Path:
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<unk>", "<eos>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=600,
+        special_tokens=["<unk>", "<eos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tk.train_from_iterator(texts, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>")
@@ -48,7 +50,7 @@ def build_tiny_model(path: Path, texts: list[str]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A local model folder usable anywhere a model name is: `--model.name <this path>`."""
-    texts = [p.read_text() for p in sorted(FIXTURES.rglob("*.json*"))]
+    texts = [(FIXTURES / "tok_seed.json").read_text()]
     texts += ["What is the relation of the head to the tail?\nSentence: Head: Tail: Relation: Options:"]
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), texts)
 

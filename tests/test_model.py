@@ -7,8 +7,20 @@ import torch
 
 from errwise.model import build_labels, label_ids, score_candidates
 
-NAMES = ["place of birth", "place of death", "employer", "founded by", "located in", "capital of", "spouse",
-         "sibling", "member of", "educated at", "notable work", "headquarters location"]
+NAMES = [
+    "place of birth",
+    "place of death",
+    "employer",
+    "founded by",
+    "located in",
+    "capital of",
+    "spouse",
+    "sibling",
+    "member of",
+    "educated at",
+    "notable work",
+    "headquarters location",
+]
 SENTENCES = [
     "Ana Velk was born in Lisbon and later worked for Orvane .",
     "The band Quiet Harbour signed Mira Tosk in 1998 .",

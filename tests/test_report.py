@@ -51,9 +51,7 @@ def fake_run(
                 wrong = tasks[i][0] if gold != tasks[i][0] else tasks[i][1]
                 p = gold if k < round(10 * acc) else wrong
                 preds.append({"uid": f"{j}-{k}", "task": j, "gold": gold, "pred": p, "correct": p == gold})
-        (path / "predictions" / f"task_{i:02d}.jsonl").write_text(
-            "".join(json.dumps(x) + "\n" for x in preds)
-        )
+        (path / "predictions" / f"task_{i:02d}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in preds))
         seconds = wall / 3
         phases = {"begin": 0.0, "train": 0.8 * seconds, "evaluate": 0.2 * seconds, "end": 0.0}
         lines.append(
@@ -163,9 +161,7 @@ def test_report_tables_by_hand(runs, report):
     #   seen 1.0, .6, .3667; average .6556; forgetting ((1 - 0) + (1 - .1)) / 2 = .95; BWT -.95
     assert "| finetune | 100.0 | 60.0 | 36.7 | 65.6 | 36.7 | 95.0 | -95.0 | 1 | 1m 30s |" in text
     # errwise has no complete run: its incomplete one is shown, so marked; forgetting 1.0 - .7 = .3
-    errwise = (
-        "| errwise — incomplete (2/3 tasks) | 100.0 | 80.0 |  | 90.0 | 80.0 | 30.0 | -30.0 | 1 | 1m 40s |"
-    )
+    errwise = "| errwise — incomplete (2/3 tasks) | 100.0 | 80.0 |  | 90.0 | 80.0 | 30.0 | -30.0 | 1 | 1m 40s |"
     assert errwise in text
     # the per-run table lists every run, the incomplete ones marked, with a link relative to the report
     run_rows = table_rows(text, "[finetune-1](../runs/finetune-1)")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from errwise.cli import main
-from errwise.config import DataConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig, EvalConfig
+from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
 from errwise.methods import METHODS
 from errwise.run import run
 
@@ -81,10 +81,38 @@ def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):
     """Kill a real `errwise run` process after its first task; resuming it ends where a full run ends."""
     full = run(tiny_config(tiny_model_dir, tmp_path / "full"))
     killed = tmp_path / "killed"
-    args = [sys.executable, "-m", "errwise.cli", "run", "--output_dir", str(killed), "--model.name", str(tiny_model_dir),
-            "--data.num_tasks", "3", "--data.relations_per_task", "2", "--data.train_size", "8", "--data.test_size", "4",
-            "--model.lora_r", "4", "--model.lora_alpha", "8", "--train.epochs", "1", "--train.batch_size", "4",
-            "--train.lr", "1e-3", "--method.memory_per_relation", "2", "--eval.batch_size", "8"]
+    args = [
+        sys.executable,
+        "-m",
+        "errwise.cli",
+        "run",
+        "--output_dir",
+        str(killed),
+        "--model.name",
+        str(tiny_model_dir),
+        "--data.num_tasks",
+        "3",
+        "--data.relations_per_task",
+        "2",
+        "--data.train_size",
+        "8",
+        "--data.test_size",
+        "4",
+        "--model.lora_r",
+        "4",
+        "--model.lora_alpha",
+        "8",
+        "--train.epochs",
+        "1",
+        "--train.batch_size",
+        "4",
+        "--train.lr",
+        "1e-3",
+        "--method.memory_per_relation",
+        "2",
+        "--eval.batch_size",
+        "8",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import time
 

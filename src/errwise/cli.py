@@ -24,7 +24,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "an interrupted run folder to resume. Any field can be overridden: --train.lr 1e-4.",
     )
     p.add_argument("config", nargs="?", help="YAML preset, or a run folder to resume (default: built-in demo)")
-    for key, (hint, f) in field_types().items():
+    for key, (_hint, f) in field_types().items():
         help_text = f.metadata.get("help", "") if isinstance(f, dataclasses.Field) else "Run folder."
         default = f.default if isinstance(f, dataclasses.Field) else None
         if isinstance(f, dataclasses.Field) and f.default is dataclasses.MISSING:
@@ -72,7 +72,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_methods(args: argparse.Namespace) -> None:
     from errwise.methods import METHODS
 
-    for name, factory in METHODS.items():
+    for name, _factory in METHODS.items():
         print(name)
 
 

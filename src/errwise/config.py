@@ -7,9 +7,9 @@ The resolved config is saved as `config.yaml` in every run folder.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-import typing
 from types import UnionType
 from typing import Any, get_type_hints
 
@@ -111,7 +111,10 @@ class MethodConfig:
 
     def __post_init__(self) -> None:
         _check(self.memory_per_relation >= 0, "method.memory_per_relation must be >= 0")
-        _check(self.memory_selection in ("kmeans", "random"), f"method.memory_selection: {self.memory_selection!r}")
+        _check(
+            self.memory_selection in ("kmeans", "random"),
+            f"method.memory_selection: {self.memory_selection!r}",
+        )
         _check(self.error_weight > 0, "method.error_weight must be > 0")
 
 

@@ -52,7 +52,12 @@ def predict(
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
         idx = order[start : start + batch_size]
         best, _ = score_candidates(
-            model, [prompts[i] for i in idx], labels, pad_id=tok.pad_token_id, score=score, exhaustive=exhaustive
+            model,
+            [prompts[i] for i in idx],
+            labels,
+            pad_id=tok.pad_token_id,
+            score=score,
+            exhaustive=exhaustive,
         )
         for i, b in zip(idx, best.tolist()):
             preds[i] = candidates[b].id

@@ -322,7 +322,9 @@ def score_candidates(
             continue
         for chunk in rows.split(max(1, max_tokens // max(1, int(todo.sum(1).max()) * labels.ids.shape[1]))):
             cands = [todo[r].nonzero().squeeze(1).tolist() for r in chunk.tolist()]
-            for r, cs, rest in zip(chunk.tolist(), cands, _continuation_logprobs(model, cache, mask, chunk, cands, labels)):
+            for r, cs, rest in zip(
+                chunk.tolist(), cands, _continuation_logprobs(model, cache, mask, chunk, cands, labels)
+            ):
                 total = first_lp[r, cs] + rest
                 scores[r, cs] = total / lengths[cs] if score == "mean" else total
         done |= todo

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from errwise import metrics
-from errwise.config import RunConfig, from_dict, load_yaml, save_yaml, to_dict
+from errwise.config import RunConfig, from_dict, load_yaml, save_yaml
 from errwise.data.formats import load_corpus
 from errwise.data.stream import build_stream
 from errwise.data.types import RelationInstance, TaskStream
@@ -100,7 +100,10 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
 
     stream = make_stream(cfg)
     by_uid = {x.uid: x for t in stream.tasks for x in (*t.train, *t.val, *t.test)}
-    _write_json(run_dir / "relations.json", {r.id: {"name": r.name, "description": r.description} for r in stream.relations})
+    _write_json(
+        run_dir / "relations.json",
+        {r.id: {"name": r.name, "description": r.description} for r in stream.relations},
+    )
     task_of = {r: t.index for t in stream.tasks for r in t.relations}
 
     device = pick_device(cfg.model.device)
@@ -179,7 +182,13 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         test = [x for t_ in stream.tasks[: task.index + 1] for x in t_.test]
         preds = predict_seen(test, desc=f"T{task.index + 1} eval")
         rows = [
-            {"uid": x.uid, "task": task_of[x.relation], "gold": x.relation, "pred": p, "correct": p == x.relation}
+            {
+                "uid": x.uid,
+                "task": task_of[x.relation],
+                "gold": x.relation,
+                "pred": p,
+                "correct": p == x.relation,
+            }
             for x, p in zip(test, preds)
         ]
         phases["evaluate"] = time.time() - t
@@ -192,11 +201,17 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         save_checkpoint(model, run_dir / "checkpoints" / f"task_{task.index:02d}")
         if not m.lora and task.index > 0:  # full weights are large: keep the latest only
             _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
-        _write_json(run_dir / "memory" / f"task_{task.index:02d}.json", {r: [x.uid for x in xs] for r, xs in memory.items()})
+        _write_json(
+            run_dir / "memory" / f"task_{task.index:02d}.json",
+            {r: [x.uid for x in xs] for r, xs in memory.items()},
+        )
         _write_jsonl(run_dir / "predictions" / f"task_{task.index:02d}.jsonl", rows)
         row = metrics.accuracy_row(rows, task.index + 1)
         matrix.append(row)
-        _write_json(run_dir / "accuracy_matrix.json", {"tasks": [list(t_.relations) for t_ in stream.tasks], "matrix": matrix})
+        _write_json(
+            run_dir / "accuracy_matrix.json",
+            {"tasks": [list(t_.relations) for t_ in stream.tasks], "matrix": matrix},
+        )
         line = {
             "task": task.index,
             "relations": list(task.relations),
@@ -235,13 +250,15 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     }
     _write_json(run_dir / "summary.json", summary)
     print(
-        f"done: {run_dir}  final {100 * summary['final_accuracy']:.1f}%  average {100 * summary['average_accuracy']:.1f}%"
-        f"  ({summary['wall_seconds']:.0f}s)"
+        f"done: {run_dir}  final {100 * summary['final_accuracy']:.1f}%  "
+        f"average {100 * summary['average_accuracy']:.1f}%  ({summary['wall_seconds']:.0f}s)"
     )
     return run_dir
 
 
-def update_memory(cfg: RunConfig, model, tok, train_data, relations, task_index: int) -> dict[str, list[RelationInstance]]:
+def update_memory(
+    cfg: RunConfig, model, tok, train_data, relations, task_index: int
+) -> dict[str, list[RelationInstance]]:
     """Memory of the relations of one task, selected after training on it (features of the trained model)."""
     mc = cfg.method
     out: dict[str, list[RelationInstance]] = {}
@@ -250,7 +267,9 @@ def update_memory(cfg: RunConfig, model, tok, train_data, relations, task_index:
         feats = None
         if mc.memory_selection == "kmeans" and len(xs) > mc.memory_per_relation:
             feats = embed(model, tok, xs, batch_size=cfg.eval.batch_size, max_length=cfg.train.max_length)
-        out[rel] = select(xs, mc.memory_per_relation, strategy=mc.memory_selection, seed=cfg.train.seed + i, features=feats)
+        out[rel] = select(
+            xs, mc.memory_per_relation, strategy=mc.memory_selection, seed=cfg.train.seed + i, features=feats
+        )
     return out
 
 

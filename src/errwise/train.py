@@ -105,7 +105,8 @@ def train(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = int(warmup_ratio * steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup))
+        opt,
+        lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)),
     )
     device = next(model.parameters()).device
     model.train()

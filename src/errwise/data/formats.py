@@ -63,9 +63,7 @@ def read_json(path: Path) -> Any:
 
 def _record(path: Path, where: str, rec: Any, keys: Sequence[str]) -> dict:
     if not isinstance(rec, dict):
-        _fail(
-            path, where, f"expected an object, got {type(rec).__name__}; give each record {', '.join(keys)}"
-        )
+        _fail(path, where, f"expected an object, got {type(rec).__name__}; give each record {', '.join(keys)}")
     missing = [k for k in keys if k not in rec]
     if missing:
         _fail(path, where, f"missing key(s) {', '.join(missing)}; each record needs {', '.join(keys)}")
@@ -178,7 +176,7 @@ def _fewrel(files: list[tuple[Path, Any]], names: dict[str, Relation]) -> Corpus
     return _corpus("fewrel", files[0][0], relations, instances)
 
 
-def load_fewrel(paths: list[Path], pid2name: Path | None) -> Corpus:
+def load_fewrel(paths: list[Path], pid2name: Path | None = None) -> Corpus:
     """Official FewRel JSON: fewrel80.json, or train_wiki.json + val_wiki.json merged (80 relations x 700).
 
     The span is the first mention; names and descriptions come from pid2name.json (else name = id).
@@ -200,9 +198,7 @@ def tacred_description(label: str) -> str:
     kind, _, rest = label.partition(":")
     article = "an" if kind == "org" else "a"
     slot = rest.replace("_", " ").replace("/", " or ")
-    return (
-        f"The head is {article} {_TACRED_KINDS.get(kind, kind)} and the tail is its {slot} (TACRED {label})."
-    )
+    return f"The head is {article} {_TACRED_KINDS.get(kind, kind)} and the tail is its {slot} (TACRED {label})."
 
 
 def _tacred(files: list[tuple[Path, Any]]) -> Corpus:
@@ -221,9 +217,7 @@ def _tacred(files: list[tuple[Path, Any]]) -> Corpus:
             head = _span(path, where, "subject", s, e + 1 if isinstance(e, int) else e, n)
             s, e = rec["obj_start"], rec["obj_end"]
             tail = _span(path, where, "object", s, e + 1 if isinstance(e, int) else e, n)
-            instances.append(
-                RelationInstance(str(rec["id"]), tuple(tokens), head, tail, str(rec["relation"]))
-            )
+            instances.append(RelationInstance(str(rec["id"]), tuple(tokens), head, tail, str(rec["relation"])))
     seen = list(dict.fromkeys(x.relation for x in instances))
     ids = [r for r in TACRED_ID2REL if r in set(seen)] + [r for r in seen if r not in TACRED_ID2REL]
     relations = [Relation(r, tacred_name(r), tacred_description(r)) for r in ids]
@@ -296,9 +290,7 @@ def _find(path: Path, where: str, role: str, tokens: list[str], mention: Any) ->
     """The first occurrence of the mention's tokens in the sentence."""
     target = tokenize(mention) if isinstance(mention, str) else []
     if not target:
-        _fail(
-            path, where, f"{role} {mention!r} is not a non-empty string; give the {role} as words of the text"
-        )
+        _fail(path, where, f"{role} {mention!r} is not a non-empty string; give the {role} as words of the text")
     for i in range(len(tokens) - len(target) + 1):
         if tokens[i : i + len(target)] == target:
             return i, i + len(target)
@@ -337,9 +329,7 @@ def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            _fail(
-                path, where, f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line"
-            )
+            _fail(path, where, f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line")
         rec = _record(path, where, rec, ("head", "tail", "relation"))
         if "tokens" in rec:
             tokens = _tokens(path, where, rec["tokens"])
@@ -482,7 +472,5 @@ def load_corpus(dataset: str, path: str | None = None) -> Corpus:
             )
         return _tacred_folder(Path(path))
     if not Path(dataset).exists():
-        raise ErrwiseError(
-            f"{dataset}: no such file or folder, and not builtin, fewrel or tacred; check the name"
-        )
+        raise ErrwiseError(f"{dataset}: no such file or folder, and not builtin, fewrel or tacred; check the name")
     return _load_path(Path(dataset), Path(path) if path else None)
