@@ -88,6 +88,7 @@ def embed(
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
             output_hidden_states=True,
+            logits_to_keep=1,
         ).hidden_states[-1][:, -1]  # (batch, hidden)
         out[idx] = hidden.float().cpu().numpy()
     return out

@@ -295,7 +295,8 @@ def score_candidates(
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
     cache = out.past_key_values
     lab_first = labels.ids[:, 0].to(device)
