@@ -22,7 +22,14 @@ pytestmark = [
 
 def test_cli_run_and_report_with_smollm2(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["run", str(REPO / "configs" / "cpu_mini.yaml"), "--data.path", str(SHARED / "fewrel"), "--output_dir", str(out)]
+    args = [
+        "run",
+        str(REPO / "configs" / "cpu_mini.yaml"),
+        "--data.path",
+        str(SHARED / "fewrel"),
+        "--output_dir",
+        str(out),
+    ]
     args += ["--data.num_tasks", "2", "--data.relations_per_task", "2", "--data.max_train", "4"]
     args += ["--data.max_test", "3", "--train.max_steps", "2", "--method.memory_per_relation", "2"]
     args += ["--method.name", "errwise"]

@@ -75,6 +75,11 @@ def test_errwise_records_error_cases(tiny_model_dir, tmp_path):
     assert kinds.get("error", 0) == n_err and kinds.get("contrastive", 0) == n_err
     summary = json.loads((out / "error_cases" / "task_01_summary.json").read_text())
     assert summary["train"]["initial_errors"] + summary["train"].get("initial_correct", 0) == 16
+    from errwise.report import compare_table
+
+    table = compare_table([out])
+    row = next(line for line in table.splitlines() if line.startswith("| errwise | T2 |"))
+    assert row.split("|")[3].strip() == str(summary["train"]["initial_errors"])
 
 
 def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):
@@ -135,3 +140,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and "nope.yaml" in err and len(err.strip().splitlines()) == 1
     assert main(["run", "--method.name", "magic", "--output_dir", str(tmp_path / "x")]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_a_finished_run_folder_is_never_overwritten_by_another_config(tiny_model_dir, tmp_path):
+    from dataclasses import replace
+
+    from errwise.errors import ErrwiseError
+
+    cfg = tiny_config(tiny_model_dir, tmp_path / "r")
+    run(cfg)
+    before = (tmp_path / "r" / "metrics.jsonl").read_text()
+    with pytest.raises(ErrwiseError, match="another config"):
+        run(replace(cfg, train=replace(cfg.train, lr=5e-4)))
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == before

@@ -315,11 +315,46 @@ def _compare(groups: dict[str, list[RunResult]], stats: dict[str, GroupStats], b
     return _table([*header, "p (paired t)", "Paired orders"], rows) + "\n\n" + note
 
 
+def error_case_table(groups: dict[str, list[RunResult]]) -> str:
+    """Per task, summed over a group's runs: initial errors on the task's training data and on the memory,
+    how many of them the trained model fixed, and how many initially correct cases it got wrong afterwards
+    (read from `error_cases/task_XX_summary.json`, written by methods that mine error cases)."""
+    rows = []
+    for label, runs in groups.items():
+        tasks = max((r.tasks_done for r in runs), default=0)
+        for t in range(tasks):
+            acc: dict[str, int] = {}
+            for r in runs:
+                path = r.path / "error_cases" / f"task_{t:02d}_summary.json"
+                if not path.is_file():
+                    continue
+                for source, counts in json.loads(path.read_text()).items():
+                    for key, v in counts.items():
+                        acc[f"{source}.{key}"] = acc.get(f"{source}.{key}", 0) + v
+            if acc:
+                rows.append(
+                    [label, f"T{t + 1}"]
+                    + [str(acc.get(f"{s}.{k}", 0)) for s in ("train", "memory") for k in ("initial_errors", "fixed")]
+                    + [str(acc.get("memory.new_errors", 0) + acc.get("train.new_errors", 0))]
+                )
+    if not rows:
+        return ""
+    header = ["Method", "Task", "Train errors", "Train fixed", "Memory errors", "Memory fixed", "New errors"]
+    return (
+        "### Error cases (summed over orders)\n\n"
+        + _table(header, rows)
+        + "\n\nErrors: wrong initial responses before training on the task; fixed: right after training; new "
+        "errors: initially correct, wrong after training."
+    )
+
+
 def compare_table(run_dirs: Sequence[Path], baseline: str = "replay") -> str:
     """Markdown: methods as rows, T1..Tn and final accuracy (mean±std over orders), and the final-accuracy
-    difference to `baseline` with a paired t-test over task orders."""
+    difference to `baseline` with a paired t-test over task orders; then error-case counts where recorded."""
     groups = group_runs(_load_all(run_dirs))
-    return _compare(groups, {label: group_stats(runs) for label, runs in groups.items()}, baseline)
+    table = _compare(groups, {label: group_stats(runs) for label, runs in groups.items()}, baseline)
+    errors = error_case_table(groups)
+    return table + ("\n\n" + errors if errors else "")
 
 
 # --- plots ----------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from errwise import metrics
-from errwise.config import RunConfig, from_dict, load_yaml, save_yaml
+from errwise.config import RunConfig, from_dict, load_yaml, save_yaml, to_dict
 from errwise.data.formats import load_corpus
 from errwise.data.stream import build_stream
 from errwise.data.types import RelationInstance, TaskStream
@@ -67,6 +67,12 @@ def resume_config(run_dir: Path) -> RunConfig:
     return from_dict(load_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
 
 
+def _comparable(cfg: RunConfig) -> dict:
+    d = to_dict(cfg)
+    d.pop("output_dir")
+    return d
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -90,7 +96,13 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     run_dir = Path(run_dir or cfg.output_dir or default_run_dir(cfg))
     done = completed_tasks(run_dir)
     if done:
-        cfg = resume_config(run_dir)
+        saved = resume_config(run_dir)
+        if _comparable(saved) != _comparable(cfg):
+            raise ErrwiseError(
+                f"{run_dir} already holds {len(done)} completed task(s) of another config; resume it with "
+                f"`errwise run {run_dir}` or pass another --output_dir"
+            )
+        cfg = saved
     method = build_method(cfg.method)  # an unknown method fails before anything is loaded or written
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
