@@ -37,7 +37,7 @@ class DataConfig:
     num_tasks: int | None = _f(None, "Number of tasks to run (None = all tasks of the order).")
     relations_per_task: int = _f(4, "New relations per task (FewRel 8, TACRED 4).")
     split: str = _f("fewrel", "`fewrel`: fixed train/val/test counts; `tacred`: test = len//5 capped.")
-    train_size: int = _f(20, "Training instances per relation in the split (FewRel 420; TACRED cap 320).")
+    train_size: int = _f(16, "Training instances per relation in the split (FewRel 420; TACRED cap 320).")
     val_size: int = _f(0, "Validation instances per relation (FewRel 140).")
     test_size: int = _f(10, "Test instances per relation (FewRel 140; TACRED cap 40).")
     max_train: int | None = _f(None, "Keep only the first N training instances per relation (reduced setting).")
