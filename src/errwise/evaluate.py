@@ -22,9 +22,11 @@ def prompt_ids(
     instances: Sequence[RelationInstance],
     candidates: Sequence[Relation] | None,
     max_length: int,
+    hints: Sequence[str] | None = None,
 ) -> list[list[int]]:
     cands = list(candidates) if candidates else None
-    return [tok(plain_prompt(x, cands))["input_ids"][-max_length:] for x in instances]
+    hints = hints or [""] * len(instances)
+    return [tok(plain_prompt(x, cands, h))["input_ids"][-max_length:] for x, h in zip(instances, hints)]
 
 
 @torch.no_grad()
@@ -39,14 +41,16 @@ def predict(
     score: str = "sum",
     max_length: int = 256,
     exhaustive: bool = False,
+    hints: Sequence[str] | None = None,
     desc: str = "predict",
 ) -> list[str]:
-    """The predicted relation id of every instance, among `candidates` (the relations seen so far)."""
+    """The predicted relation id of every instance, among `candidates` (the relations seen so far); `hints[i]`
+    (e.g. retrieved lessons) is put first in instance i's prompt."""
     if not instances:
         return []
     model.eval()
     labels = build_labels(tok, [r.name for r in candidates])
-    prompts = prompt_ids(tok, instances, candidates if list_candidates else None, max_length)
+    prompts = prompt_ids(tok, instances, candidates if list_candidates else None, max_length, hints)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     preds: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):

@@ -158,6 +158,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
                 list_candidates=cfg.eval.list_candidates,
                 score=cfg.eval.score,
                 max_length=cfg.train.max_length,
+                hints=method.hints(instances),
                 desc=desc,
             )
 

@@ -8,7 +8,9 @@ from errwise.config import MethodConfig
 from errwise.errors import ErrwiseError
 from errwise.methods.errwise import Errwise
 from errwise.methods.finetune import Finetune
+from errwise.methods.instructor import Instructor
 from errwise.methods.joint import Joint
+from errwise.methods.lessons import Lessons
 from errwise.methods.protocol import Method, TaskContext
 from errwise.methods.replay import Replay
 
@@ -17,6 +19,8 @@ METHODS: dict[str, Callable[[MethodConfig], Method]] = {
     "replay": lambda cfg: Replay(),
     "joint": lambda cfg: Joint(),
     "errwise": Errwise,
+    "instructor": Instructor,
+    "lessons": Lessons,
 }
 
 

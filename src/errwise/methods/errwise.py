@@ -88,3 +88,6 @@ class Errwise:
                 s["new_errors"] = s.get("new_errors", 0) + 1
         path = ctx.run_dir / "error_cases" / f"task_{ctx.task.index:02d}_summary.json"
         path.write_text(json.dumps(summary, indent=1))
+
+    def hints(self, instances) -> None:
+        return None

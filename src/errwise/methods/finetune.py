@@ -15,3 +15,6 @@ class Finetune:
 
     def end_task(self, ctx: TaskContext) -> None:
         pass
+
+    def hints(self, instances) -> None:
+        return None

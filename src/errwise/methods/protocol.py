@@ -46,10 +46,15 @@ class TaskContext:
 
 class Method(Protocol):
     """A continual method. The loop calls, for each task: begin_task -> training_examples -> (train) ->
-    (memory update, evaluation) -> end_task. Anything a method records goes under ctx.run_dir."""
+    (memory update, evaluation) -> end_task; every prediction prompt starts with `hints`. Anything a method
+    records goes under ctx.run_dir."""
 
     def begin_task(self, ctx: TaskContext) -> None: ...
 
     def training_examples(self, ctx: TaskContext) -> list[Example]: ...
 
     def end_task(self, ctx: TaskContext) -> None: ...
+
+    def hints(self, instances: Sequence[RelationInstance]) -> list[str] | None:
+        """Text put first in each instance's prediction prompt (e.g. retrieved lessons); None for none."""
+        ...
