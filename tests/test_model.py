@@ -83,3 +83,28 @@ def test_duplicate_label_names_are_rejected(tiny):
     _, tok = tiny
     with pytest.raises(ErrwiseError, match="same name"):
         build_labels(tok, ["spouse", "spouse"])
+
+
+def test_answer_only_loss_equals_the_full_sequence_reference(tiny):
+    """Left padding + logits at the answer positions only gives the loss of a plain right-padded forward over
+    the whole sequence."""
+    import torch
+
+    from errwise.prompts import Example
+    from errwise.train import collate, encode, example_losses
+
+    model, tok = tiny
+    exs = [
+        Example("Sentence: a b c\nRelation:", "founded by"),
+        Example("Short\nRelation:", "x"),
+        Example("Q:", "p q r s"),
+    ]
+    encoded = [encode(tok, ex, 64) for ex in exs]
+    with torch.no_grad():
+        fast = example_losses(model, collate(encoded, tok.pad_token_id))
+        ref = []
+        for ids, lab in encoded:  # one at a time, no padding at all
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+            labels = torch.tensor(lab[1:])
+            ref.append(torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100]))
+    assert torch.allclose(fast, torch.stack(ref), atol=1e-5)

@@ -48,21 +48,32 @@ def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) ->
 
 
 def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded batch: every answer ends at the last position, so the loss needs the logits of the last few
+    positions only (`answer_width`), not of the whole prompt."""
     width = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     labels = torch.full((len(encoded), width), -100, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
     for i, (ids, lab) in enumerate(encoded):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        labels[i, width - len(lab) :] = torch.tensor(lab)
+        mask[i, width - len(ids) :] = 1
+    answer_width = max(sum(t != -100 for t in lab) for _, lab in encoded)
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "answer_width": answer_width}
 
 
 def example_losses(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean answer-token cross-entropy of each example, (batch,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]  # position t predicts token t+1
+    """Mean answer-token cross-entropy of each example, (batch,).
+
+    The vocabulary projection (a fifth of a 135M model's FLOPs) and the softmax run on the answer positions
+    only (`logits_to_keep`), which leaves the loss unchanged and cuts a CPU step by about a quarter."""
+    mask = batch["attention_mask"]
+    keep = batch["answer_width"] + 1  # the position before the answer predicts its first token
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=keep
+    ).logits  # (batch, keep, vocab)
+    logits, labels = logits[:, :-1].float(), batch["labels"][:, -keep + 1 :]  # position t predicts token t+1
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     n = (labels != -100).sum(1).clamp(min=1)
     return nll.sum(1) / n
@@ -117,7 +128,8 @@ def train(
         if not batches:
             batches = bucketed_batches([len(ids) for ids, _ in encoded], batch_size, rng)
         idx = batches.pop()
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], tok.pad_token_id).items()}
+        batch = collate([encoded[i] for i in idx], tok.pad_token_id)
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         losses = example_losses(model, batch)  # (batch,)
         loss = (losses * weights[idx].to(device)).mean()
         loss.backward()
