@@ -85,12 +85,12 @@ def test_pick_errors_takes_one_case_per_confusion_in_turn():
 def test_prompts_show_the_error_the_contrast_and_the_format():
     x = inst("a", "Acme was founded by Jane Roe .", "Acme", "Jane Roe")
     c = inst("c", "Jane Roe is a member of Acme .", "Jane Roe", "Acme", "P2")
-    le = instructor_messages(x, GOLD, OTHER, 2)[-1]["content"]
-    lec = instructor_messages(x, GOLD, OTHER, 2, [(c, OTHER)])[-1]["content"]
-    assert 'The classifier answered: "member of"' in le and "Similar cases" not in le
+    le = instructor_messages(x, GOLD, OTHER, 2)[1]["content"]
+    lec = instructor_messages(x, GOLD, OTHER, 2, [(c, OTHER)])[1]["content"]
+    assert 'answered "member of"' in le and "Similar cases" not in le
     assert "Similar cases the classifier got right" in lec and "Jane Roe is a member of Acme" in lec
     assert "Write 2 new" in le and "Relation: founded by" in le
-    assert "Title:" in lesson_messages([x], GOLD, OTHER, 1)[-1]["content"]
+    assert "Title:" in lesson_messages([x], GOLD, OTHER, 1)[1]["content"]
 
 
 def test_lesson_bank_dedups_caps_and_retrieves_by_similarity(tmp_path):
@@ -119,7 +119,7 @@ class FakeInstructor(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
+        prompt = body["messages"][1]["content"]
         FakeInstructor.count += 1
         n = FakeInstructor.count
         if "Title:" in prompt:

@@ -301,6 +301,29 @@ def test_local_chat_with_chat_template(tiny, tiny_model_dir):
     assert reply.prompt_tokens == expected and isinstance(reply.text, str)
 
 
+def test_prefilled_assistant_turn_is_continued(tiny, tiny_model_dir):
+    """A started assistant turn (prefill) is continued, and the reply includes the prefix, on both backends."""
+    from errwise.model import load_tokenizer
+
+    prefilled = [*MESSAGES, {"role": "assistant", "content": "Sentence:"}]
+    with fake_server(lambda n, _: ok(" Acme was founded by Jane .")) as srv:
+        reply = ask_messages(OpenAIChat(srv.base_url, "m"), prefilled)
+    assert reply.text == "Sentence: Acme was founded by Jane ."
+    body = srv.requests[0]["json"]
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+
+    model, _ = tiny
+    tok = load_tokenizer(str(tiny_model_dir))
+    tok.chat_template = CHAT_TEMPLATE
+    local = LocalChat(model, tok).chat(prefilled, temperature=0.0, max_tokens=4, seed=0)
+    expected = len(tok("system: You write data.\nuser: Relation: founded by\nassistant: Sentence:")["input_ids"])
+    assert local.text.startswith("Sentence:") and local.prompt_tokens <= expected + 1
+
+
+def ask_messages(chat: ChatBackend, messages) -> ChatReply:
+    return chat.chat(messages, temperature=0.0, max_tokens=8, seed=0)
+
+
 # ---- a real OpenAI-compatible server: `transformers serve` ----
 
 

@@ -95,25 +95,29 @@ def instructor_messages(
     """LE (learning from an error) and, when `correct` similar cases are given, LEC (by contrast with them).
 
     The reply is k blocks of `Sentence/Head/Tail/Relation[/Why]` lines."""
+    # The error case is shown in the very format the reply must use: small instructors copy a filled-in block
+    # far more reliably than they follow a described one.
     parts = [
-        "A relation classifier made this mistake:",
-        _case(inst),
-        f"Correct relation: {_rel(gold)}",
-        f"The classifier answered: {_rel(wrong)}",
+        f"A relation classifier answered {_rel(wrong)} for this case; the correct relation is {_rel(gold)}.",
+        _case(inst, gold.name),
     ]
     if correct:
         parts.append("Similar cases the classifier got right:")
         parts += [_case(x, r.name) for x, r in correct]
         parts.append("Keep what separates these cases from the mistake in mind.")
-    why = f'\nWhy: <one sentence: why it is "{gold.name}" and not "{wrong.name}">' if rationale else ""
+    why = f'\nWhy: <why it is "{gold.name}" and not "{wrong.name}">' if rationale else ""
     parts.append(
-        f'Write {k} new, different sentences in which the relation of the head to the tail is "{gold.name}" '
-        f'and could not be mistaken for "{wrong.name}". Use exactly this format, one block per sentence, '
-        f"blocks separated by a blank line:\n"
-        f"Sentence: <a new sentence>\nHead: <the head entity, copied from the sentence>\n"
-        f"Tail: <the tail entity, copied from the sentence>\nRelation: {gold.name}{why}"
+        f"Write {k} new cases in the same format, with new sentences and new entities, in which the relation of "
+        f'the head to the tail is "{gold.name}" and could not be mistaken for "{wrong.name}". Head and Tail must '
+        f"be copied exactly from the sentence. One block per case, blocks separated by a blank line:\n"
+        f"Sentence: <a new sentence>\nHead: <copied from the sentence>\nTail: <copied from the sentence>\n"
+        f"Relation: {gold.name}{why}"
     )
-    return [{"role": "system", "content": INSTRUCTOR_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+    return [
+        {"role": "system", "content": INSTRUCTOR_SYSTEM},
+        {"role": "user", "content": "\n\n".join(parts)},
+        {"role": "assistant", "content": "Sentence:"},  # prefill: the reply starts in the format
+    ]
 
 
 # --- The memory of lessons (ReasoningBank, Ouyang et al. 2025).
@@ -136,10 +140,14 @@ def lesson_messages(
         )
         ask = f'Write {n} short general lesson(s) that would avoid answering "{wrong.name}" for "{gold.name}".'
     fmt = (
-        "Use exactly this format:\nTitle: <a few words>\nWhen: <when the lesson applies>\n"
-        "Lesson: <one or two sentences>"
+        "Answer with exactly three lines, starting with Title:, When: and Lesson:\nTitle: <a few words>\n"
+        "When: <the kind of sentence where it applies>\nLesson: <one or two sentences>"
     )
-    return [{"role": "system", "content": LESSON_SYSTEM}, {"role": "user", "content": f"{head}\n\n{ask}\n{fmt}"}]
+    return [
+        {"role": "system", "content": LESSON_SYSTEM},
+        {"role": "user", "content": f"{head}\n\n{ask}\n{fmt}"},
+        {"role": "assistant", "content": "Title:"},  # prefill: the reply starts in the format
+    ]
 
 
 def lessons_hint(lessons: list[dict]) -> str:

@@ -145,6 +145,9 @@ class OpenAIChat:
             "seed": seed,
             "stream": False,
         }
+        prefix = _prefill(messages)
+        if prefix:  # vLLM's (and transformers') way to continue a started assistant reply
+            body.update(continue_final_message=True, add_generation_prompt=False)
         data = json.dumps(body).encode("utf-8")
         start = time.perf_counter()
         attempts = self.max_retries + 1
@@ -157,6 +160,8 @@ class OpenAIChat:
                     wait = e.retry_after if e.retry_after is not None else self.backoff * 2**attempt
                     _sleep(min(wait, MAX_SLEEP))
                 continue
+            if prefix and not text.lstrip().startswith(prefix.strip()):
+                text = prefix + text
             return ChatReply(text, prompt_tokens, completion_tokens, time.perf_counter() - start)
         fix = (
             "check that the base URL points at an OpenAI-compatible /v1 endpoint"
@@ -262,7 +267,7 @@ class LocalChat:
         with torch.no_grad():
             output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask.to(device), **kwargs)
         new = output[0, input_ids.shape[1] :]
-        text = tok.decode(new, skip_special_tokens=True)
+        text = _prefill(messages) + tok.decode(new, skip_special_tokens=True)
         return ChatReply(text, int(input_ids.shape[1]), int(new.shape[0]), time.perf_counter() - start)
 
     def _encode(self, messages: list[dict[str, str]]) -> Any:
@@ -270,12 +275,18 @@ class LocalChat:
 
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
+            started = bool(_prefill(messages))
             encoded = tok.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+                messages,
+                add_generation_prompt=not started,
+                continue_final_message=started,
+                return_tensors="pt",
+                return_dict=True,
             )
             return {"input_ids": encoded} if isinstance(encoded, torch.Tensor) else encoded
         # No chat template (base models, test models): plain "role: content" lines, then the assistant's turn.
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        text += "" if _prefill(messages) else "\nassistant:"
         return tok(text, return_tensors="pt")
 
 
@@ -398,3 +409,8 @@ def _write_entry(path: Path, request: dict, reply: ChatReply) -> None:
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _prefill(messages: list[dict[str, str]]) -> str:
+    """The start of the reply when the messages end with a started assistant turn (prefill), else ""."""
+    return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
