@@ -302,15 +302,15 @@ def test_local_chat_with_chat_template(tiny, tiny_model_dir):
 
 
 def test_prefilled_assistant_turn_is_continued(tiny, tiny_model_dir):
-    """A started assistant turn (prefill) is continued, and the reply includes the prefix, on both backends."""
+    """A started assistant turn (prefill) is continued in-process (the reply includes the prefix); an endpoint
+    gets the conversation without it (servers differ in how they continue one)."""
     from errwise.model import load_tokenizer
 
     prefilled = [*MESSAGES, {"role": "assistant", "content": "Sentence:"}]
     with fake_server(lambda n, _: ok(" Acme was founded by Jane .")) as srv:
         reply = ask_messages(OpenAIChat(srv.base_url, "m"), prefilled)
-    assert reply.text == "Sentence: Acme was founded by Jane ."
-    body = srv.requests[0]["json"]
-    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert reply.text == " Acme was founded by Jane ."
+    assert srv.requests[0]["json"]["messages"] == MESSAGES
 
     model, _ = tiny
     tok = load_tokenizer(str(tiny_model_dir))

@@ -137,6 +137,10 @@ class OpenAIChat:
         return f"OpenAIChat({self.description})"
 
     def chat(self, messages: list[dict[str, str]], *, temperature: float, max_tokens: int, seed: int) -> ChatReply:
+        if _prefill(messages):
+            # A started assistant turn (prefill) is for small in-process models; servers differ in how (and
+            # whether) they continue one, and a capable served model follows the described format anyway.
+            messages = messages[:-1]
         body = {
             "model": self.model,
             "messages": messages,
@@ -145,9 +149,6 @@ class OpenAIChat:
             "seed": seed,
             "stream": False,
         }
-        prefix = _prefill(messages)
-        if prefix:  # vLLM's (and transformers') way to continue a started assistant reply
-            body.update(continue_final_message=True, add_generation_prompt=False)
         data = json.dumps(body).encode("utf-8")
         start = time.perf_counter()
         attempts = self.max_retries + 1
@@ -160,8 +161,6 @@ class OpenAIChat:
                     wait = e.retry_after if e.retry_after is not None else self.backoff * 2**attempt
                     _sleep(min(wait, MAX_SLEEP))
                 continue
-            if prefix and not text.lstrip().startswith(prefix.strip()):
-                text = prefix + text
             return ChatReply(text, prompt_tokens, completion_tokens, time.perf_counter() - start)
         fix = (
             "check that the base URL points at an OpenAI-compatible /v1 endpoint"
