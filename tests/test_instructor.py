@@ -184,6 +184,14 @@ def test_instructor_data_is_validated_recorded_and_trained_on(tiny_model_dir, tm
     kinds = read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]
     assert kinds["generated"] == len(accepted)
     assert "key" not in json.dumps(summary).lower()
+    from errwise.report import compare_table
+
+    all_sent = sum(
+        json.loads((out / "instructor" / f"task_{t:02d}_summary.json").read_text())["sent"] for t in range(3)
+    )
+    cost_row = next(r for r in compare_table([out]).splitlines() if r.startswith("| instructor | 1 |"))
+    calls, hits = (int(cost_row.split("|")[i]) for i in (3, 4))
+    assert calls + hits == all_sent  # every request, summed over tasks (identical requests hit the cache)
     # A rerun of the same folder is free: every request is answered from the cache.
     calls = FakeInstructor.count
     (out / "summary.json").unlink()

@@ -350,13 +350,44 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
     )
 
 
+def helper_cost_table(groups: dict[str, list[RunResult]]) -> str:
+    """What the instructor or the lesson distiller cost and yielded, summed over a group's runs and tasks (read
+    from `instructor/` and `lessons/` summaries): calls, cache hits, tokens, seconds; accepted/rejected
+    generated instances; lessons kept."""
+    rows = []
+    for label, runs in groups.items():
+        acc: dict[str, float] = {}
+        for r in runs:
+            for kind in ("instructor", "lessons"):
+                for path in sorted((r.path / kind).glob("task_*_summary.json")):
+                    s = json.loads(path.read_text())
+                    for k, v in s.get("cost", {}).items():
+                        acc[k] = acc.get(k, 0) + v
+                    acc["accepted"] = acc.get("accepted", 0) + s.get("accepted", 0)
+                    acc["rejected"] = acc.get("rejected", 0) + sum(s.get("rejected", {}).values())
+                    acc["lessons"] = acc.get("lessons", 0) + s.get("added", 0)
+        if acc:
+            rows.append(
+                [label, len(runs)]
+                + [int(acc.get(k, 0)) for k in ("calls", "hits", "prompt_tokens", "completion_tokens")]
+                + [f"{acc.get('seconds', 0):.0f}"]
+                + [int(acc.get(k, 0)) for k in ("accepted", "rejected", "lessons")]
+            )
+    if not rows:
+        return ""
+    header = ["Method", "Runs", "Calls", "Cache hits", "Prompt tok", "Completion tok", "Seconds", "Accepted",
+              "Rejected", "Lessons added"]  # fmt: skip
+    return "### Instructor / distiller cost (summed over orders and tasks)\n\n" + _table(header, [
+        [str(c) for c in row] for row in rows])  # fmt: skip
+
+
 def compare_table(run_dirs: Sequence[Path], baseline: str = "replay") -> str:
     """Markdown: methods as rows, T1..Tn and final accuracy (mean±std over orders), and the final-accuracy
     difference to `baseline` with a paired t-test over task orders; then error-case counts where recorded."""
     groups = group_runs(_load_all(run_dirs))
     table = _compare(groups, {label: group_stats(runs) for label, runs in groups.items()}, baseline)
-    errors = error_case_table(groups)
-    return table + ("\n\n" + errors if errors else "")
+    extra = [t for t in (error_case_table(groups), helper_cost_table(groups)) if t]
+    return "\n\n".join([table, *extra])
 
 
 # --- plots ----------------------------------------------------------------------------------------------
