@@ -4,8 +4,12 @@
     python benchmarks/speed.py --model Qwen/Qwen2.5-0.5B-Instruct --random-init   # speed needs no weights
 
 Measures: training tokens/s (LoRA, batch 8, the plain instruction), prediction instances/s among 8, 40 and
-80 candidate relations (exact pruned scoring and the exhaustive reference, side by side with a forward pass
-over the same prompts alone), and peak memory (RSS on CPU, allocator peak on GPU).
+80 candidate relations (exact pruned scoring and the exhaustive reference, side by side with the cheapest
+forward pass over the same prompts alone: last-position logits only), and peak memory (RSS on CPU,
+allocator peak on GPU). With a peak FLOP/s (known GPUs, or --peak-tflops) it prints model FLOPs utilisation:
+training counts 4 x (linear-layer parameters) FLOPs per token for LoRA (forward + activation gradients; the
+frozen weights get no gradient), 6 x for full fine-tuning, plus the vocabulary projection where it is
+computed; prediction counts 2 x per prompt token. Attention-score FLOPs are left out (short sequences).
 """
 
 from __future__ import annotations
@@ -32,6 +36,34 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense bf16
+
+
+def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    if given:
+        return given
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return None
+
+
+def linear_params(model) -> tuple[int, int]:
+    """(parameters of the transformer blocks' linear layers, of the vocabulary projection)."""
+    head = model.get_output_embeddings().weight.numel()
+    blocks = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and "lm_head" not in name and "lora_" not in name
+    )
+    return blocks, head
+
+
+def mfu(flops: float, seconds: float, peak: float | None) -> str:
+    achieved = flops / seconds / 1e12
+    return f"{achieved:.2f} TFLOP/s" + (f", MFU {100 * achieved / peak:.1f}% of {peak:g}" if peak else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-offline")
@@ -42,6 +74,7 @@ def main() -> None:
     ap.add_argument("--eval-instances", type=int, default=48)
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: known GPUs)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,13 +127,19 @@ def main() -> None:
         max_length=256,
         seed=0,
     )
-    dt = time.time() - t
+    dt = dt_train = time.time() - t
+    peak = peak_tflops(device, args.peak_tflops)
+    blocks, head = linear_params(model)
+    answer_tokens = 4 * args.train_steps * args.batch_size  # a relation name + end token: ~4 positions
+    train_flops = 4 * blocks * stats.tokens + 4 * head * answer_tokens
     print(
         f"train: {stats.tokens / dt:,.0f} tokens/s, {dt / stats.steps:.2f} s/step "
-        f"(batch {args.batch_size}, {stats.tokens / stats.steps / args.batch_size:.0f} tokens/example)"
+        f"(batch {args.batch_size}, {stats.tokens / stats.steps / args.batch_size:.0f} tokens/example), "
+        f"{mfu(train_flops, dt, peak)}"
     )
 
     # Prediction throughput at 8, 40, 80 candidates, next to a forward pass over the same prompts alone.
+    pruned_rate = {}
     for n in (8, 40, 80):
         cands = rels[:n]
         insts = [x for r in cands for x in by_rel[r.id][400:]][:: max(1, (len(cands) * 300) // args.eval_instances)]
@@ -110,18 +149,35 @@ def main() -> None:
         with torch.no_grad():
             for i in range(0, len(prompts), args.eval_batch_size):
                 ids, mask = left_pad(prompts[i : i + args.eval_batch_size], tok.pad_token_id)
-                model(input_ids=ids.to(device), attention_mask=mask.to(device))
+                model(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=1)
         fwd = time.time() - t
-        row = [f"{n:>2} candidates: forward only {len(insts) / fwd:7.1f} inst/s"]
+        fwd_flops = 2 * blocks * sum(len(p) for p in prompts) + 2 * head * len(prompts)
+        row = [f"{n:>2} candidates: forward only {len(insts) / fwd:7.1f} inst/s ({mfu(fwd_flops, fwd, peak)})"]
         preds = {}
         for name, exhaustive in (("pruned", False), ("exhaustive", True)):
             t = time.time()
             preds[name] = predict(model, tok, insts, cands, batch_size=args.eval_batch_size, exhaustive=exhaustive)
             dt = time.time() - t
             row.append(f"{name} {len(insts) / dt:7.1f} inst/s ({dt / fwd:4.2f}x forward)")
+            if name == "pruned":
+                pruned_rate[n] = len(insts) / dt
         same = sum(a == b for a, b in zip(preds["pruned"], preds["exhaustive"]))
         print("predict " + " | ".join(row) + f" | agreement {same}/{len(insts)}")
     print(f"peak memory: {peak_memory_mb(device):,.0f} MB")
+
+    # One task of the standard FewRel protocol (configs/fewrel.yaml: 1 epoch over 8 x 420 training sentences
+    # plus the memory of 10 per old relation, then prediction on 140 test sentences of every seen relation),
+    # extrapolated from the figures above at this batch size: the last task (80 relations) is the longest.
+    step_s = dt_train / stats.steps
+    for t in (1, 10):
+        n_train = 8 * 420 + 10 * 8 * (t - 1)
+        n_test, cands = 140 * 8 * t, 8 * t
+        rate = pruned_rate[min(pruned_rate, key=lambda k: abs(k - cands))]
+        train_s = n_train / args.batch_size * step_s
+        print(
+            f"FewRel task {t} (estimate): train {train_s / 60:.1f} min ({n_train} examples) + evaluation "
+            f"{n_test / rate / 60:.1f} min ({n_test} instances, {cands} candidates)"
+        )
 
 
 if __name__ == "__main__":
