@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--eval-instances", type=int, default=48)
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--adapter", default=None, help="a LoRA checkpoint (run/checkpoints/task_XX): a trained model")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: known GPUs)")
     args = ap.parse_args()
     if args.threads:
@@ -89,12 +90,14 @@ def main() -> None:
         cfg = AutoConfig.from_pretrained(resolve_model_path(args.model))
         model = prepare_model(AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device), lora=True)
     else:
-        model = load_model(args.model, device=device, dtype=dtype, lora=True)
+        adapter = Path(args.adapter) if args.adapter else None
+        model = load_model(args.model, device=device, dtype=dtype, lora=True, adapter=adapter)
     corpus = load_corpus("fewrel", args.data)
     by_rel = corpus.by_relation()
     rels = list(corpus.relations)
     print(
-        f"model {args.model}{' (random init)' if args.random_init else ''} on {device} {dtype}, "
+        f"model {args.model}{' (random init)' if args.random_init else ''}"
+        f"{f' + adapter {args.adapter}' if args.adapter else ''} on {device} {dtype}, "
         f"{torch.get_num_threads()} threads"
     )
 
