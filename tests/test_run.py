@@ -77,7 +77,7 @@ def test_methods_train_on_what_they_promise(tiny_model_dir, tmp_path):
 
 
 def test_errwise_records_error_cases(tiny_model_dir, tmp_path):
-    out = run(tiny_config(tiny_model_dir, tmp_path / "e", "errwise"))
+    out = run(tiny_config(tiny_model_dir, tmp_path / "e", "errwise", error_fraction=None))
     rows = read_jsonl(out / "error_cases" / "task_01.jsonl")
     assert {r["source"] for r in rows} == {"train", "memory"}
     assert len(rows) == 16 + 4
@@ -92,6 +92,17 @@ def test_errwise_records_error_cases(tiny_model_dir, tmp_path):
     table = compare_table([out])
     row = next(line for line in table.splitlines() if line.startswith("| errwise | T2 |"))
     assert row.split("|")[3].strip() == str(summary["train"]["initial_errors"])
+
+
+def test_errwise_caps_the_share_of_error_focused_examples(tiny_model_dir, tmp_path):
+    """Every case once in the plain instruction, then error-focused examples for a quarter of the total."""
+    out = run(tiny_config(tiny_model_dir, tmp_path / "cap", "errwise", error_fraction=0.25))
+    kinds = read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]
+    rows = read_jsonl(out / "error_cases" / "task_01.jsonl")
+    plain = sum(kinds.get(k, 0) for k in ("plain", "memory", "plain-error", "memory-error"))
+    assert plain == len(rows) == 20
+    focused = kinds.get("error", 0) + kinds.get("contrastive", 0)
+    assert focused == round(0.25 / 0.75 * 20)
 
 
 def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):

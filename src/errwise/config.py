@@ -104,7 +104,12 @@ class MethodConfig:
     # errwise (learning from error cases); ignored by the other methods.
     split_by_correctness: bool = _f(True, "errwise: split initial responses into correct and error cases.")
     error_weight: float = _f(1.0, "errwise: loss weight of error-case examples (correct cases weigh 1).")
-    error_repeats: int = _f(1, "errwise: extra passes over error cases within the task's budget.")
+    error_repeats: int = _f(1, "errwise: copies of each error case in the plain instruction (1 = like replay).")
+    error_fraction: float | None = _f(
+        0.25,
+        "errwise: share of the training examples that are error-focused (confront, contrastive, extra copies), "
+        "the rest being every case once in the plain instruction; null = all error-focused examples, uncapped.",
+    )
     memory_errors: bool = _f(True, "errwise: also mine error cases from the replay memory.")
     contrastive: bool = _f(True, "errwise: add instruction-based contrastive examples for error cases.")
     contrastive_with_memory: bool = _f(True, "errwise: show instances of the confused relation from memory.")
@@ -118,6 +123,8 @@ class MethodConfig:
             f"method.memory_selection: {self.memory_selection!r}",
         )
         _check(self.error_weight > 0, "method.error_weight must be > 0")
+        _check(self.error_repeats >= 1, "method.error_repeats must be >= 1")
+        _check(self.error_fraction is None or 0 <= self.error_fraction < 1, "method.error_fraction must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -50,14 +50,16 @@ class Errwise:
         by_rel: dict[str, list[RelationInstance]] = {r: list(xs) for r, xs in ctx.memory.items()}
         for x in ctx.task.train:
             by_rel.setdefault(x.relation, []).append(x)
-        out: list[Example] = []
+        base: list[Example] = []  # every case once in the plain instruction, as replay trains
+        out: list[Example] = []  # the error-focused examples
         for x, source, pred in self.cases:
             kind = "plain" if source == "train" else "memory"
             if pred == x.relation:
-                out.append(ctx.plain(x, kind=kind))
+                base.append(ctx.plain(x, kind=kind))
                 continue
             gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
-            for _ in range(c.error_repeats):
+            base.append(ctx.plain(x, kind=kind + "-error", weight=c.error_weight))
+            for _ in range(c.error_repeats - 1):
                 out.append(ctx.plain(x, kind=kind + "-error", weight=c.error_weight))
             if c.confront_error:
                 out.append(confront_example(x, gold, wrong, weight=c.error_weight))
@@ -68,7 +70,13 @@ class Errwise:
                 options = [gold, wrong, *rng.sample(others, min(2, len(others)))]
                 rng.shuffle(options)
                 out.append(contrastive_example(x, gold, wrong, shots, options, weight=c.error_weight))
-        return out
+        if c.error_fraction is not None and out and base:
+            # At a fixed step budget every error-focused example displaces plain training. On a new task nearly
+            # every training instance is an initial error (the model has never answered its relations), so
+            # without a cap the plain instruction the model is tested with gets a third of replay's passes.
+            n = round(c.error_fraction / (1 - c.error_fraction) * len(base))
+            out = out * (n // len(out)) + rng.sample(out, n % len(out))
+        return base + out
 
     def end_task(self, ctx: TaskContext) -> None:
         """Record which initial errors the trained model now gets right (fixed) and which correct ones broke."""
