@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from errwise import metrics
+from errwise import distributed, metrics
 from errwise.config import RunConfig, from_dict, load_yaml, save_yaml, to_dict
 from errwise.data.formats import load_corpus
 from errwise.data.stream import build_stream
@@ -104,21 +105,23 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             )
         cfg = saved
     method = build_method(cfg.method)  # an unknown method fails before anything is loaded or written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
-    (run_dir / "predictions").mkdir(exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    (run_dir / "memory").mkdir(exist_ok=True)
-
+    ddp_device = distributed.init()  # under `accelerate launch`: this process's device
+    main = distributed.is_main()  # only process 0 writes the run folder; the others write to a scratch folder
+    method_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"errwise-rank{distributed.rank()}-"))
     stream = make_stream(cfg)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+        for sub in ("predictions", "checkpoints", "memory"):
+            (run_dir / sub).mkdir(exist_ok=True)
+        _write_json(
+            run_dir / "relations.json",
+            {r.id: {"name": r.name, "description": r.description} for r in stream.relations},
+        )
     by_uid = {x.uid: x for t in stream.tasks for x in (*t.train, *t.val, *t.test)}
-    _write_json(
-        run_dir / "relations.json",
-        {r.id: {"name": r.name, "description": r.description} for r in stream.relations},
-    )
     task_of = {r: t.index for t in stream.tasks for r in t.relations}
 
-    device = pick_device(cfg.model.device)
+    device = ddp_device or pick_device(cfg.model.device)
     m = cfg.model
     adapter = run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None
     tok = load_tokenizer(m.name)
@@ -149,6 +152,9 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         seen = tuple(stream.relation(r) for r in stream.seen_relations(task.index))
 
         def predict_seen(instances, desc="predict", _seen=seen):
+            return distributed.map_sharded(lambda part: _predict(part, desc, _seen), instances)
+
+        def _predict(instances, desc, _seen):
             return predict(
                 model,
                 tok,
@@ -162,7 +168,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
                 desc=desc,
             )
 
-        ctx = TaskContext(cfg, stream, task, seen, memory, model, tok, run_dir, predict_seen)
+        ctx = TaskContext(cfg, stream, task, seen, memory, model, tok, method_dir, predict_seen)
 
         method.begin_task(ctx)
         phases["begin"] = time.time() - t0
@@ -188,7 +194,8 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
 
         t = time.time()
         if cfg.method.memory_per_relation > 0:
-            memory = {**memory, **update_memory(cfg, model, tok, task.train, task.relations, task.index)}
+            new = update_memory(cfg, model, tok, task.train, task.relations, task.index)
+            memory = {**memory, **distributed.broadcast(new)}  # k-means may differ in the last bit: use process 0's
         phases["memory"] = time.time() - t
 
         t = time.time()
@@ -210,21 +217,8 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         method.end_task(ctx)
         phases["end"] = time.time() - t
 
-        # Persist: checkpoint, memory, predictions, matrix; the metrics line last (it marks the task done).
-        save_checkpoint(model, run_dir / "checkpoints" / f"task_{task.index:02d}")
-        if not m.lora and task.index > 0:  # full weights are large: keep the latest only
-            _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
-        _write_json(
-            run_dir / "memory" / f"task_{task.index:02d}.json",
-            {r: [x.uid for x in xs] for r, xs in memory.items()},
-        )
-        _write_jsonl(run_dir / "predictions" / f"task_{task.index:02d}.jsonl", rows)
         row = metrics.accuracy_row(rows, task.index + 1)
         matrix.append(row)
-        _write_json(
-            run_dir / "accuracy_matrix.json",
-            {"tasks": [list(t_.relations) for t_ in stream.tasks], "matrix": matrix},
-        )
         line = {
             "task": task.index,
             "relations": list(task.relations),
@@ -239,13 +233,27 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             "seconds": time.time() - t0,
             "phase_seconds": phases,
         }
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-        tqdm.write(
-            f"T{task.index + 1}/{len(stream.tasks)} seen acc {100 * line['seen_accuracy']:.1f}% "
-            f"[{' '.join(f'{100 * a:.0f}' for a in row)}] loss {stats.loss:.3f} steps {stats.steps} "
-            f"({line['seconds']:.0f}s)"
-        )
+        if main:  # persist: checkpoint, memory, predictions, matrix; the metrics line last (marks the task done)
+            save_checkpoint(model, run_dir / "checkpoints" / f"task_{task.index:02d}")
+            if not m.lora and task.index > 0:  # full weights are large: keep the latest only
+                _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
+            _write_json(
+                run_dir / "memory" / f"task_{task.index:02d}.json",
+                {r: [x.uid for x in xs] for r, xs in memory.items()},
+            )
+            _write_jsonl(run_dir / "predictions" / f"task_{task.index:02d}.jsonl", rows)
+            _write_json(
+                run_dir / "accuracy_matrix.json",
+                {"tasks": [list(t_.relations) for t_ in stream.tasks], "matrix": matrix},
+            )
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+            tqdm.write(
+                f"T{task.index + 1}/{len(stream.tasks)} seen acc {100 * line['seen_accuracy']:.1f}% "
+                f"[{' '.join(f'{100 * a:.0f}' for a in row)}] loss {stats.loss:.3f} steps {stats.steps} "
+                f"({line['seconds']:.0f}s)"
+            )
+        distributed.barrier()
 
     done = completed_tasks(run_dir)
     seen_acc = [r["seen_accuracy"] for r in done]
@@ -261,6 +269,9 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         "backward_transfer": metrics.backward_transfer(matrix),
         "wall_seconds": time.time() - start_time,
     }
+    if not main:
+        _remove(method_dir)
+        return run_dir
     _write_json(run_dir / "summary.json", summary)
     print(
         f"done: {run_dir}  final {100 * summary['final_accuracy']:.1f}%  "

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from errwise import distributed
 from errwise.model import label_ids
 from errwise.prompts import Example
 
@@ -121,6 +122,9 @@ def train(
     )
     device = next(model.parameters()).device
     model.train()
+    net, rank, world = model, distributed.rank(), distributed.world()
+    if world > 1:  # data parallel: each process takes a share of every global batch (weights from process 0)
+        net = torch.nn.parallel.DistributedDataParallel(model)
     batches: list[list[int]] = []
     total_loss, tokens = 0.0, 0
     bar = tqdm(range(steps), desc=desc, leave=False, disable=None)
@@ -128,17 +132,21 @@ def train(
         if not batches:
             batches = bucketed_batches([len(ids) for ids, _ in encoded], batch_size, rng)
         idx = batches.pop()
-        batch = collate([encoded[i] for i in idx], tok.pad_token_id)
+        local, w = idx[rank::world], weights[idx[rank::world]]
+        if not local:  # fewer examples than processes: a zero-weight stand-in keeps the all-reduce in step
+            local, w = idx[:1], torch.zeros(1)
+        batch = collate([encoded[i] for i in local], tok.pad_token_id)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        losses = example_losses(model, batch)  # (batch,)
-        loss = (losses * weights[idx].to(device)).mean()
+        losses = example_losses(net, batch)  # (local batch,)
+        # The weighted mean over the global batch; DDP averages gradients over processes, hence `* world`.
+        loss = (losses * w.to(device)).sum() * world / len(idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        total_loss += loss.item()
-        tokens += int(batch["attention_mask"].sum())
+        total_loss += distributed.all_sum(loss.item()) / world
+        tokens += int(distributed.all_sum(int(batch["attention_mask"].sum()) if w.any() else 0))
         bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
     model.eval()
     return TrainStats(steps, len(examples), tokens, total_loss / steps, kinds)

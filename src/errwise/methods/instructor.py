@@ -17,8 +17,10 @@ from collections import Counter
 
 import numpy as np
 
+from errwise import distributed
 from errwise.config import MethodConfig
 from errwise.data.types import RelationInstance
+from errwise.errors import ErrwiseError
 from errwise.evaluate import embed
 from errwise.instructor.generate import BLOCK_KEYS, make_backend, normalise, validate
 from errwise.methods.errwise import Errwise
@@ -52,6 +54,11 @@ class Instructor:
         self.generated: list[RelationInstance] = []
 
     def begin_task(self, ctx: TaskContext) -> None:
+        if distributed.world() > 1:
+            raise ErrwiseError(
+                "method instructor runs in one process only (instructor calls and files are not shared): "
+                "run it without `accelerate launch`"
+            )
         self.errwise.begin_task(ctx)
         ic = ctx.cfg.instructor
         self.generated = []

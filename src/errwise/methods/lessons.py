@@ -13,8 +13,10 @@ import json
 import time
 from collections.abc import Sequence
 
+from errwise import distributed
 from errwise.config import MethodConfig
 from errwise.data.types import RelationInstance
+from errwise.errors import ErrwiseError
 from errwise.instructor.generate import make_backend
 from errwise.lessons.bank import LessonBank, minilm_embedder, target_embedder
 from errwise.methods.errwise import Errwise
@@ -71,6 +73,11 @@ class Lessons:
             self.backend = make_backend(ctx.cfg.instructor, ctx.run_dir, target=target)
 
     def begin_task(self, ctx: TaskContext) -> None:
+        if distributed.world() > 1:
+            raise ErrwiseError(
+                "method lessons runs in one process only (instructor calls and files are not shared): "
+                "run it without `accelerate launch`"
+            )
         self.ctx = ctx
         self._setup(ctx)
         self.errwise.begin_task(ctx)  # initial responses are predicted with the lessons so far
