@@ -78,8 +78,15 @@ def embed(
     max_length: int = 256,
 ) -> np.ndarray:
     """Last-layer hidden state at the prompt's final token (where the answer is decided), (N, hidden)."""
+    return last_hidden(model, tok, prompt_ids(tok, instances, None, max_length), batch_size=batch_size)
+
+
+@torch.no_grad()
+def last_hidden(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[list[int]], *, batch_size: int = 16
+) -> np.ndarray:
+    """Last-layer hidden state at each token sequence's last token, (N, hidden); length-bucketed batches."""
     model.eval()
-    prompts = prompt_ids(tok, instances, None, max_length)
     out = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float32)
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

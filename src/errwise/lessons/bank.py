@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from errwise.errors import ErrwiseError
-from errwise.model import left_pad
+from errwise.evaluate import last_hidden
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 """Texts -> L2-normalised embeddings, (N, dim)."""
@@ -56,24 +56,9 @@ def minilm_embedder(batch_size: int = 32) -> Embedder:
 def target_embedder(model, tok, batch_size: int = 16, max_length: int = 256) -> Embedder:
     """The target model's last-layer hidden state at each text's last token (follows the model as it trains)."""
 
-    @torch.no_grad()
     def run(texts: Sequence[str]) -> np.ndarray:
-        model.eval()
-        device = next(model.parameters()).device
-        out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
         ids = [tok(t)["input_ids"][-max_length:] for t in texts]
-        for i in range(0, len(ids), batch_size):
-            x, mask = left_pad(ids[i : i + batch_size], tok.pad_token_id)
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
-            h = model(
-                input_ids=x.to(device),
-                attention_mask=mask.to(device),
-                position_ids=positions.to(device),
-                output_hidden_states=True,
-                logits_to_keep=1,
-            ).hidden_states[-1][:, -1]  # (batch, hidden)
-            out[i : i + batch_size] = h.float().cpu().numpy()
-        return _normalise(out)
+        return _normalise(last_hidden(model, tok, ids, batch_size=batch_size))
 
     return run
 
