@@ -1,0 +1,104 @@
+"""`errwise run | report | compare | methods`. Options of `run` are generated from the config dataclasses.
+
+Every user error is one line on stderr (`error: ...`) and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from errwise.errors import ErrwiseError
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    import dataclasses
+
+    from errwise.config import field_types
+
+    p = sub.add_parser(
+        "run",
+        help="run a continual stream (or resume an interrupted run folder)",
+        description="Run a continual relation extraction stream. CONFIG is a YAML preset (configs/*.yaml) or "
+        "an interrupted run folder to resume. Any field can be overridden: --train.lr 1e-4.",
+    )
+    p.add_argument("config", nargs="?", help="YAML preset, or a run folder to resume (default: built-in demo)")
+    for key, (_hint, f) in field_types().items():
+        help_text = f.metadata.get("help", "") if isinstance(f, dataclasses.Field) else "Run folder."
+        default = f.default if isinstance(f, dataclasses.Field) else None
+        if isinstance(f, dataclasses.Field) and f.default is dataclasses.MISSING:
+            default = f.default_factory()
+        p.add_argument(f"--{key}", metavar="V", help=f"{help_text} [{default}]", dest=key)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from errwise.config import from_dict, load_yaml, parse_value, set_dotted
+    from errwise.run import completed_tasks, run
+
+    overrides = {k: v for k, v in vars(args).items() if "." in k or k == "output_dir"}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.config and Path(args.config).is_dir():
+        run_dir = Path(args.config)
+        if not completed_tasks(run_dir) and not (run_dir / "config.yaml").exists():
+            raise ErrwiseError(f"{run_dir} is not a run folder (no config.yaml); pass a YAML config to start a run")
+        if overrides:
+            raise ErrwiseError(f"cannot change options when resuming {run_dir}; start a new run instead")
+        from errwise.run import resume_config
+
+        run(resume_config(run_dir), run_dir)
+        return
+    d = load_yaml(args.config) if args.config else {}
+    for k, v in overrides.items():
+        set_dotted(d, k, parse_value(k, v))
+    run(from_dict(d, source=args.config or "command line"))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from errwise.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("report")
+    path = write_report([Path(r) for r in args.runs], out)
+    print(f"wrote {path}")
+    print(path.read_text().split("\n## ")[0] if args.quiet else path.read_text())
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from errwise.report import compare_table
+
+    print(compare_table([Path(r) for r in args.runs], baseline=args.baseline))
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from errwise.methods import METHODS
+
+    for name, _factory in METHODS.items():
+        print(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="errwise", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    rp = sub.add_parser("report", help="markdown table and plots from run folders")
+    rp.add_argument("runs", nargs="+", help="run folders (several orders of one config are averaged)")
+    rp.add_argument("--out", help="output folder (default RUN/report, or ./report for several runs)")
+    rp.add_argument("--quiet", action="store_true", help="print only the first section")
+    cp = sub.add_parser("compare", help="methods side by side: mean +- std over orders, paired test")
+    cp.add_argument("runs", nargs="+")
+    cp.add_argument("--baseline", default="replay")
+    sub.add_parser("methods", help="list the registered continual methods")
+    args = parser.parse_args(argv)
+    try:
+        {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "methods": cmd_methods}[args.command](args)
+    except ErrwiseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed tasks are saved; rerun `errwise run RUN_DIR` to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

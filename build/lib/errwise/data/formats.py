@@ -1,0 +1,476 @@
+"""Loaders: each external format becomes a `Corpus` here, at the edge; nothing downstream knows file formats.
+
+Supported: official FewRel JSON, official TACRED JSON, the entity-marker JSON of the CRE codebases, and
+errwise JSONL for a user's own data. `load_corpus` is the one entry point. Every problem in a file is one
+`ErrwiseError` line naming the file, the record and the fix: a data file the tool cannot read is often a
+user's first contact with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from errwise.data.stream import FEWREL_ID2REL, TACRED_ID2REL
+from errwise.data.types import Corpus, Relation, RelationInstance
+from errwise.errors import ErrwiseError
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+FEWREL_URL = "https://raw.githubusercontent.com/thunlp/FewRel/master/data/"
+FEWREL_FILES = ("train_wiki.json", "val_wiki.json", "pid2name.json")
+FORMATS = (
+    "errwise JSONL (.jsonl), FewRel JSON ({relation: [{tokens, h, t}]}), TACRED JSON ([{token, subj_start, "
+    "...}]) or entity-marker JSON (tokens with [E11] [E12] [E21] [E22])"
+)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_MARKERS = ("[E11]", "[E12]", "[E21]", "[E22]")
+_MARK_FIX = "mark the head with [E11] ... [E12] and the tail with [E21] ... [E22], once each"
+_TACRED_KINDS = {"per": "person", "org": "organization"}
+_TACRED_KEYS = ("id", "relation", "token", "subj_start", "subj_end", "obj_start", "obj_end")
+# TACRED keeps the Penn Treebank escapes; an LLM reads brackets better than -LRB-.
+_PTB = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
+
+
+def tokenize(text: str) -> list[str]:
+    """Words and single punctuation marks: the tokenisation of errwise JSONL's `text`."""
+    return _TOKEN.findall(text)
+
+
+def _fail(path: Path, where: str, message: str) -> NoReturn:
+    raise ErrwiseError(f"{path}: {where}: {message}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ErrwiseError(f"{path}: cannot read ({e.strerror}); check the path") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(
+            path,
+            f"line {e.lineno}, column {e.colno}",
+            f"malformed JSON ({e.msg}); fix the file or fetch it again",
+        )
+
+
+def _record(path: Path, where: str, rec: Any, keys: Sequence[str]) -> dict:
+    if not isinstance(rec, dict):
+        _fail(path, where, f"expected an object, got {type(rec).__name__}; give each record {', '.join(keys)}")
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        _fail(path, where, f"missing key(s) {', '.join(missing)}; each record needs {', '.join(keys)}")
+    return rec
+
+
+def _tokens(path: Path, where: str, tokens: Any) -> list[str]:
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        _fail(path, where, "tokens must be a non-empty list of strings; fix the record")
+    return tokens
+
+
+def _span(path: Path, where: str, role: str, start: Any, end: Any, n: int) -> tuple[int, int]:
+    """An end-exclusive token span, checked against a sentence of n tokens."""
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= n):
+        _fail(
+            path, where, f"{role} span [{start}, {end}) is empty or outside the sentence of {n} tokens; "
+            "spans are token offsets with 0 <= start < end <= number of tokens",
+        )  # fmt: skip
+    return start, end
+
+
+def _default_relation(rel: str) -> Relation:
+    """A relation with no name given: TACRED labels read as TACRED names, others with `_` as space."""
+    kind, sep, _ = rel.partition(":")
+    if sep and kind in _TACRED_KINDS:
+        return Relation(rel, tacred_name(rel), tacred_description(rel))
+    return Relation(rel, rel.replace("_", " "))
+
+
+def _unique_names(path: Path, relations: list[Relation]) -> None:
+    """The model answers with a relation's name, so two relations must never share one."""
+    seen: dict[str, str] = {}
+    for r in relations:
+        if r.name in seen:
+            _fail(path, f"relations {seen[r.name]} and {r.id}", f"share the name {r.name!r}; rename one")
+        seen[r.name] = r.id
+
+
+def read_relations(path: Path) -> dict[str, Relation]:
+    """`{id: {"name": ..., "description": ...}}` or FewRel's pid2name layout `{id: [name, description]}`."""
+    data = read_json(path)
+    fix = 'write {"relation_id": {"name": ..., "description": ...}}'
+    if not isinstance(data, dict):
+        _fail(path, "top level", f"expected an object; {fix}")
+    out = {}
+    for rel, v in data.items():
+        if isinstance(v, dict) and isinstance(v.get("name"), str):
+            out[rel] = Relation(rel, v["name"], str(v.get("description", "")))
+        elif isinstance(v, list) and v and isinstance(v[0], str):
+            out[rel] = Relation(rel, v[0], str(v[1]) if len(v) > 1 else "")
+        else:
+            _fail(path, f"relation {rel}", f"unreadable entry {v!r:.60}; {fix}")
+    _unique_names(path, list(out.values()))
+    return out
+
+
+def _corpus(name: str, source: Path, relations: list[Relation], instances: list[RelationInstance]) -> Corpus:
+    """Check what every downstream component relies on: some instances, unique uids, unique names."""
+    if not instances:
+        _fail(source, "whole file", "no instances; check that this is the right file")
+    uids: set[str] = set()
+    for x in instances:
+        if x.uid in uids:
+            _fail(source, f"instance {x.uid}", "duplicate id; give every instance a unique id")
+        uids.add(x.uid)
+    _unique_names(source, relations)
+    return Corpus(name, tuple(relations), tuple(instances))
+
+
+def _canonical(ids: list[str]) -> list[str]:
+    """Canonical CRE order when every id is in one canonical list (so default streams are standard)."""
+    for canonical in (FEWREL_ID2REL, TACRED_ID2REL):
+        if set(ids) <= set(canonical):
+            return [r for r in canonical if r in set(ids)]
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------ FewRel
+
+
+def _mention(path: Path, where: str, role: str, ent: Any, n: int) -> tuple[int, int]:
+    """FewRel's `[name, wikidata_id, [[positions of mention 1], ...]]` -> span of the first mention."""
+    ok = isinstance(ent, list) and len(ent) >= 3 and isinstance(ent[2], list) and ent[2]
+    positions = ent[2][0] if ok else None
+    if not (isinstance(positions, list) and positions and all(isinstance(p, int) for p in positions)):
+        _fail(path, where, f"{role} is not [name, id, [[token positions]]]: {ent!r:.80}; fix the record")
+    return _span(path, where, role, min(positions), max(positions) + 1, n)
+
+
+def _fewrel(files: list[tuple[Path, Any]], names: dict[str, Relation]) -> Corpus:
+    instances: list[RelationInstance] = []
+    count: dict[str, int] = {}  # per relation, continued across files so uids stay unique
+    for path, data in files:
+        if not isinstance(data, dict):
+            _fail(path, "top level", "expected {relation_id: [records]}; pass a FewRel file")
+        for rel, records in data.items():
+            if not isinstance(records, list):
+                _fail(path, f"relation {rel}", "expected a list of records; pass a FewRel file")
+            for i, rec in enumerate(records):
+                where = f"relation {rel} record {i}"
+                rec = _record(path, where, rec, ("tokens", "h", "t"))
+                tokens = _tokens(path, where, rec["tokens"])
+                head = _mention(path, where, "head (h)", rec["h"], len(tokens))
+                tail = _mention(path, where, "tail (t)", rec["t"], len(tokens))
+                k = count.setdefault(rel, 0)
+                instances.append(RelationInstance(f"{rel}/{k}", tuple(tokens), head, tail, rel))
+                count[rel] = k + 1
+    relations = [names.get(r) or _default_relation(r) for r in _canonical(list(count))]
+    return _corpus("fewrel", files[0][0], relations, instances)
+
+
+def load_fewrel(paths: list[Path], pid2name: Path | None = None) -> Corpus:
+    """Official FewRel JSON: fewrel80.json, or train_wiki.json + val_wiki.json merged (80 relations x 700).
+
+    The span is the first mention; names and descriptions come from pid2name.json (else name = id).
+    """
+    names = read_relations(pid2name) if pid2name else {}
+    return _fewrel([(Path(p), read_json(p)) for p in paths], names)
+
+
+# ------------------------------------------------------------------------------------------------ TACRED
+
+
+def tacred_name(label: str) -> str:
+    """`per:city_of_birth` -> `person city of birth`; the per/org prefix keeps names unique."""
+    kind, _, rest = label.partition(":")
+    return f"{_TACRED_KINDS.get(kind, kind)} {rest.replace('_', ' ').replace('/', ' or ')}"
+
+
+def tacred_description(label: str) -> str:
+    kind, _, rest = label.partition(":")
+    article = "an" if kind == "org" else "a"
+    slot = rest.replace("_", " ").replace("/", " or ")
+    return f"The head is {article} {_TACRED_KINDS.get(kind, kind)} and the tail is its {slot} (TACRED {label})."
+
+
+def _tacred(files: list[tuple[Path, Any]]) -> Corpus:
+    instances: list[RelationInstance] = []
+    for path, data in files:
+        if not isinstance(data, list):
+            _fail(path, "top level", "expected a list of TACRED records; pass a TACRED file")
+        for i, rec in enumerate(data):
+            rec = _record(path, f"record {i}", rec, _TACRED_KEYS)
+            if rec["relation"] == "no_relation":
+                continue
+            where = f"record {i} (id {rec['id']})"
+            tokens = [_PTB.get(t, t) for t in _tokens(path, where, rec["token"])]
+            n = len(tokens)
+            s, e = rec["subj_start"], rec["subj_end"]  # TACRED ends are inclusive
+            head = _span(path, where, "subject", s, e + 1 if isinstance(e, int) else e, n)
+            s, e = rec["obj_start"], rec["obj_end"]
+            tail = _span(path, where, "object", s, e + 1 if isinstance(e, int) else e, n)
+            instances.append(RelationInstance(str(rec["id"]), tuple(tokens), head, tail, str(rec["relation"])))
+    seen = list(dict.fromkeys(x.relation for x in instances))
+    ids = [r for r in TACRED_ID2REL if r in set(seen)] + [r for r in seen if r not in TACRED_ID2REL]
+    relations = [Relation(r, tacred_name(r), tacred_description(r)) for r in ids]
+    return _corpus("tacred", files[0][0], relations, instances)
+
+
+def load_tacred(paths: list[Path]) -> Corpus:
+    """Official TACRED JSON lists (train/dev/test merged: the CRE protocol re-splits them).
+
+    `no_relation` is dropped. TACRED ends are inclusive; ours exclusive. Head = subject, tail = object.
+    """
+    return _tacred([(Path(p), read_json(p)) for p in paths])
+
+
+# ---------------------------------------------------------------------------------------- entity markers
+
+
+def _unmark(path: Path, where: str, raw: list[str]) -> tuple[list[str], tuple[int, int], tuple[int, int]]:
+    """Tokens without the markers, and the head ([E11]..[E12]) and tail ([E21]..[E22]) spans between them."""
+    tokens: list[str] = []
+    pos: dict[str, int] = {}
+    for tok in raw:
+        if tok not in _MARKERS:
+            tokens.append(tok)
+        elif tok in pos:
+            _fail(path, where, f"marker {tok} appears twice; {_MARK_FIX}")
+        else:
+            pos[tok] = len(tokens)
+    missing = [m for m in _MARKERS if m not in pos]
+    if missing:
+        _fail(path, where, f"marker(s) {' '.join(missing)} missing; {_MARK_FIX}")
+    head = _span(path, where, "head ([E11] [E12])", pos["[E11]"], pos["[E12]"], len(tokens))
+    tail = _span(path, where, "tail ([E21] [E22])", pos["[E21]"], pos["[E22]"], len(tokens))
+    return tokens, head, tail
+
+
+def _marker(path: Path, data: Any, names: dict[str, Relation]) -> Corpus:
+    if not isinstance(data, dict):
+        _fail(path, "top level", "expected {relation: [records]}; pass an entity-marker file")
+    instances: list[RelationInstance] = []
+    count: dict[str, int] = {}
+    for key, records in data.items():
+        if not isinstance(records, list):
+            _fail(path, f"relation {key}", "expected a list of records; pass an entity-marker file")
+        for i, rec in enumerate(records):
+            where = f"relation {key} record {i}"
+            rec = _record(path, where, rec, ("tokens",))
+            tokens, head, tail = _unmark(path, where, _tokens(path, where, rec["tokens"]))
+            rel = str(rec.get("relation", key))
+            k = count.setdefault(rel, 0)
+            instances.append(RelationInstance(f"{rel}/{k}", tuple(tokens), head, tail, rel))
+            count[rel] = k + 1
+    relations = [names.get(r) or _default_relation(r) for r in _canonical(list(count))]
+    return _corpus(path.stem, path, relations, instances)
+
+
+def load_marker(path: Path, relation_names: Path | None = None) -> Corpus:
+    """The CRE codebases' `{relation: [{"relation", "tokens": [... "[E11]", head..., "[E12]", ...]}]}`.
+
+    Markers are stripped and become spans; names come from `relation_names` (either relations-file layout).
+    """
+    names = read_relations(relation_names) if relation_names else {}
+    return _marker(Path(path), read_json(path), names)
+
+
+# ------------------------------------------------------------------------------------------ errwise JSONL
+
+
+def _find(path: Path, where: str, role: str, tokens: list[str], mention: Any) -> tuple[int, int]:
+    """The first occurrence of the mention's tokens in the sentence."""
+    target = tokenize(mention) if isinstance(mention, str) else []
+    if not target:
+        _fail(path, where, f"{role} {mention!r} is not a non-empty string; give the {role} as words of the text")
+    for i in range(len(tokens) - len(target) + 1):
+        if tokens[i : i + len(target)] == target:
+            return i, i + len(target)
+    _fail(
+        path, where, f"{role} {mention!r} is not in the text; write the {role} exactly as in the text "
+        "(same case), or give tokens with [start, end] spans",
+    )  # fmt: skip
+
+
+def _pair(path: Path, where: str, role: str, v: Any, n: int) -> tuple[int, int]:
+    if not (isinstance(v, list) and len(v) == 2):
+        _fail(path, where, f"{role} must be [start, end] (token offsets, end exclusive), got {v!r:.40}")
+    return _span(path, where, role, v[0], v[1], n)
+
+
+def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
+    """errwise JSONL, one instance per line, either form (README, "Your own data"):
+
+    `{"text": "Marie Curie was born in Warsaw .", "head": "Marie Curie", "tail": "Warsaw", "relation": "r"}`
+    (head/tail = first match of their tokens in the text), or
+    `{"tokens": [...], "head": [start, end], "tail": [start, end], "relation": "r"}` (end exclusive);
+    optional "id" (default `<file stem>:<line>`). Names and descriptions come from `relations`; relations
+    follow its order, then first appearance; relations it lists without instances are left out.
+    """
+    path = Path(path)
+    names = read_relations(relations) if relations else {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ErrwiseError(f"{path}: cannot read ({e.strerror}); check the path") from None
+    instances: list[RelationInstance] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(path, where, f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line")
+        rec = _record(path, where, rec, ("head", "tail", "relation"))
+        if "tokens" in rec:
+            tokens = _tokens(path, where, rec["tokens"])
+            head = _pair(path, where, "head", rec["head"], len(tokens))
+            tail = _pair(path, where, "tail", rec["tail"], len(tokens))
+        elif "text" in rec:
+            tokens = tokenize(str(rec["text"]))
+            head = _find(path, where, "head", tokens, rec["head"])
+            tail = _find(path, where, "tail", tokens, rec["tail"])
+        else:
+            _fail(
+                path,
+                where,
+                'missing key text or tokens; give "text" and head/tail strings, or "tokens" and spans',
+            )
+        uid = str(rec.get("id", f"{path.stem}:{n}"))
+        instances.append(RelationInstance(uid, tuple(tokens), head, tail, str(rec["relation"])))
+    seen = list(dict.fromkeys(x.relation for x in instances))
+    ids = [r for r in names if r in set(seen)] + [r for r in seen if r not in names]
+    return _corpus(path.stem, path, [names.get(r) or _default_relation(r) for r in ids], instances)
+
+
+# ------------------------------------------------------------------------------------------- entry point
+
+
+def fewrel_dir() -> Path:
+    """$ERRWISE_FEWREL_DIR, else the cache folder, downloading the official files into it when it has none."""
+    if os.environ.get("ERRWISE_FEWREL_DIR"):
+        return Path(os.environ["ERRWISE_FEWREL_DIR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "errwise" / "data" / "fewrel"
+    if (cache / "fewrel80.json").is_file():
+        return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in FEWREL_FILES:
+        target = cache / name
+        if target.is_file():
+            continue
+        print(f"downloading {FEWREL_URL}{name} into {cache}", file=sys.stderr)
+        try:
+            with urllib.request.urlopen(FEWREL_URL + name, timeout=30) as response:
+                data = response.read()
+        except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+            raise ErrwiseError(
+                f"{FEWREL_URL}{name}: cannot download ({e}), no network?; put train_wiki.json, val_wiki.json "
+                f"and pid2name.json in {cache}, or pass a folder holding them with --data.path (or set "
+                "ERRWISE_FEWREL_DIR)"
+            ) from None
+        part = target.with_suffix(".part")  # a broken download never looks like a complete file
+        part.write_bytes(data)
+        part.replace(target)
+    return cache
+
+
+def _fewrel_folder(folder: Path) -> Corpus:
+    if (folder / "fewrel80.json").is_file():
+        files = [folder / "fewrel80.json"]
+    else:
+        files = [folder / f for f in ("train_wiki.json", "val_wiki.json") if (folder / f).is_file()]
+    if not files:
+        raise ErrwiseError(
+            f"{folder}: no fewrel80.json or train_wiki.json/val_wiki.json; pass the folder holding the "
+            "FewRel files with --data.path"
+        )
+    pid2name = folder / "pid2name.json"
+    if not pid2name.is_file():
+        raise ErrwiseError(f"{pid2name}: missing (relation names); download {FEWREL_URL}pid2name.json there")
+    return load_fewrel(files, pid2name)
+
+
+def _tacred_folder(folder: Path) -> Corpus:
+    files = [folder / f for f in ("train.json", "dev.json", "test.json") if (folder / f).is_file()]
+    if not files:
+        raise ErrwiseError(
+            f"{folder}: no train.json, dev.json or test.json; TACRED is LDC-licensed and cannot be "
+            "downloaded: pass the folder holding its official JSON files with --data.path"
+        )
+    return load_tacred(files)
+
+
+def _detect(data: Any) -> str | None:
+    if isinstance(data, list):
+        return "tacred" if data and isinstance(data[0], dict) and "subj_start" in data[0] else None
+    first = next(iter(data.values()), None) if isinstance(data, dict) else None
+    rec = first[0] if isinstance(first, list) and first else None
+    if not isinstance(rec, dict):
+        return None
+    if "h" in rec and "t" in rec:
+        return "fewrel"
+    if isinstance(rec.get("tokens"), list) and "[E11]" in rec["tokens"]:
+        return "marker"
+    return None
+
+
+def _load_path(path: Path, names_file: Path | None) -> Corpus:
+    """A file or folder in any supported format; names from `names_file`, else a sibling relations file."""
+    if path.is_dir():
+        if (path / "instances.jsonl").is_file():
+            path = path / "instances.jsonl"
+        elif (path / "fewrel80.json").is_file() or (path / "train_wiki.json").is_file():
+            return _fewrel_folder(path)
+        elif (path / "train.json").is_file():
+            return _tacred_folder(path)
+        else:
+            raise ErrwiseError(f"{path}: no data file found in this folder; supported: {FORMATS}")
+    siblings = [path.parent / "relations.json", path.parent / "pid2name.json"]
+    names_file = names_file or next((p for p in siblings if p.is_file()), None)
+    if path.suffix == ".jsonl":
+        return load_jsonl(path, names_file)
+    data = read_json(path)
+    fmt = _detect(data)
+    if fmt == "tacred":
+        return _tacred([(path, data)])
+    if fmt == "fewrel":
+        return _fewrel([(path, data)], read_relations(names_file) if names_file else {})
+    if fmt == "marker":
+        return _marker(path, data, read_relations(names_file) if names_file else {})
+    raise ErrwiseError(f"{path}: unknown data format; supported: {FORMATS}")
+
+
+def load_corpus(dataset: str, path: str | None = None) -> Corpus:
+    """The one entry point.
+
+    `builtin`: the small corpus shipped with errwise (offline). `fewrel`: `path` is a folder with
+    fewrel80.json (or train_wiki.json + val_wiki.json) and pid2name.json; without `path`,
+    $ERRWISE_FEWREL_DIR or the cache (downloaded once). `tacred`: `path` is the folder with the official
+    train/dev/test.json (required). Otherwise `dataset` is a file or folder whose format is detected; then
+    `path`, if given, is its relations file (names, descriptions), else a relations.json or pid2name.json
+    beside it is used.
+    """
+    if dataset == "builtin":
+        corpus = load_jsonl(BUILTIN_DIR / "instances.jsonl", BUILTIN_DIR / "relations.json")
+        return Corpus("builtin", corpus.relations, corpus.instances)
+    if dataset == "fewrel":
+        return _fewrel_folder(Path(path) if path else fewrel_dir())
+    if dataset == "tacred":
+        if not path:
+            raise ErrwiseError(
+                "TACRED is LDC-licensed and not shipped or downloaded: pass the folder holding its "
+                "train.json, dev.json and test.json with --data.path"
+            )
+        return _tacred_folder(Path(path))
+    if not Path(dataset).exists():
+        raise ErrwiseError(f"{dataset}: no such file or folder, and not builtin, fewrel or tacred; check the name")
+    return _load_path(Path(dataset), Path(path) if path else None)

@@ -1,0 +1,105 @@
+"""Class-incremental prediction (one relation per instance, always among the given candidates) and embeddings.
+
+Both are length-bucketed: instances are sorted by prompt length so a batch carries little padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from errwise.data.types import Relation, RelationInstance
+from errwise.model import build_labels, left_pad, score_candidates
+from errwise.prompts import plain_prompt
+
+
+def prompt_ids(
+    tok: PreTrainedTokenizerBase,
+    instances: Sequence[RelationInstance],
+    candidates: Sequence[Relation] | None,
+    max_length: int,
+    hints: Sequence[str] | None = None,
+) -> list[list[int]]:
+    cands = list(candidates) if candidates else None
+    hints = hints or [""] * len(instances)
+    return [tok(plain_prompt(x, cands, h))["input_ids"][-max_length:] for x, h in zip(instances, hints)]
+
+
+@torch.no_grad()
+def predict(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    instances: Sequence[RelationInstance],
+    candidates: Sequence[Relation],
+    *,
+    batch_size: int = 16,
+    list_candidates: bool = False,
+    score: str = "sum",
+    max_length: int = 256,
+    exhaustive: bool = False,
+    hints: Sequence[str] | None = None,
+    desc: str = "predict",
+) -> list[str]:
+    """The predicted relation id of every instance, among `candidates` (the relations seen so far); `hints[i]`
+    (e.g. retrieved lessons) is put first in instance i's prompt."""
+    if not instances:
+        return []
+    model.eval()
+    labels = build_labels(tok, [r.name for r in candidates])
+    prompts = prompt_ids(tok, instances, candidates if list_candidates else None, max_length, hints)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    preds: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
+        idx = order[start : start + batch_size]
+        best, _ = score_candidates(
+            model,
+            [prompts[i] for i in idx],
+            labels,
+            pad_id=tok.pad_token_id,
+            score=score,
+            exhaustive=exhaustive,
+        )
+        for i, b in zip(idx, best.tolist()):
+            preds[i] = candidates[b].id
+    return preds
+
+
+@torch.no_grad()
+def embed(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    instances: Sequence[RelationInstance],
+    *,
+    batch_size: int = 16,
+    max_length: int = 256,
+) -> np.ndarray:
+    """Last-layer hidden state at the prompt's final token (where the answer is decided), (N, hidden)."""
+    return last_hidden(model, tok, prompt_ids(tok, instances, None, max_length), batch_size=batch_size)
+
+
+@torch.no_grad()
+def last_hidden(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[list[int]], *, batch_size: int = 16
+) -> np.ndarray:
+    """Last-layer hidden state at each token sequence's last token, (N, hidden); length-bucketed batches."""
+    model.eval()
+    out = np.zeros((len(prompts), model.config.hidden_size), dtype=np.float32)
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        hidden = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            output_hidden_states=True,
+            logits_to_keep=1,
+        ).hidden_states[-1][:, -1]  # (batch, hidden)
+        out[idx] = hidden.float().cpu().numpy()
+    return out

@@ -1,0 +1,1 @@
+"""The instructor: an LLM asked, through a chat backend, to write training data."""

@@ -1,0 +1,101 @@
+"""errwise: learning from error cases (after Yin et al., 2025, "Learning Wisdom from Errors").
+
+Before training on a task, the model answers every training instance of the task and every memory
+instance (class-incrementally, among all seen relations). The answers split into correct and error cases,
+recorded in `error_cases/task_XX.jsonl`. Dual-task fine-tuning: correct cases get the plain instruction;
+error cases get the plain instruction (weighted) *and* an instruction that confronts the model's wrong
+answer. Instruction-based contrastive tuning: each error case is also put beside memory instances of the
+relation it was confused with, with the relations' descriptions, and the model is asked to tell them apart.
+Every part is switchable (MethodConfig) for the ablations.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from errwise.config import MethodConfig
+from errwise.data.types import RelationInstance
+from errwise.methods.protocol import TaskContext
+from errwise.prompts import Example, confront_example, contrastive_example
+
+
+class Errwise:
+    def __init__(self, cfg: MethodConfig):
+        self.cfg = cfg
+        self.cases: list[tuple[RelationInstance, str, str]] = []  # (instance, source, predicted relation)
+
+    def begin_task(self, ctx: TaskContext) -> None:
+        pools = [("train", list(ctx.task.train))]
+        if self.cfg.memory_errors:
+            pools.append(("memory", ctx.memory_instances()))
+        self.cases = []
+        for source, xs in pools:
+            if self.cfg.split_by_correctness and xs:
+                preds = ctx.predict(xs, desc=f"T{ctx.task.index + 1} initial {source}")
+            else:  # ablation "no split": every case counts as correct -> plain replay
+                preds = [x.relation for x in xs]
+            self.cases += [(x, source, p) for x, p in zip(xs, preds)]
+        (ctx.run_dir / "error_cases").mkdir(exist_ok=True)
+        rows = [
+            {"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation}
+            for x, s, p in self.cases
+        ]
+        path = ctx.run_dir / "error_cases" / f"task_{ctx.task.index:02d}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def training_examples(self, ctx: TaskContext) -> list[Example]:
+        c = self.cfg
+        rng = random.Random(ctx.cfg.train.seed + ctx.task.index)
+        by_rel: dict[str, list[RelationInstance]] = {r: list(xs) for r, xs in ctx.memory.items()}
+        for x in ctx.task.train:
+            by_rel.setdefault(x.relation, []).append(x)
+        base: list[Example] = []  # every case once in the plain instruction, as replay trains
+        out: list[Example] = []  # the error-focused examples
+        for x, source, pred in self.cases:
+            kind = "plain" if source == "train" else "memory"
+            if pred == x.relation:
+                base.append(ctx.plain(x, kind=kind))
+                continue
+            gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
+            base.append(ctx.plain(x, kind=kind + "-error", weight=c.error_weight))
+            for _ in range(c.error_repeats - 1):
+                out.append(ctx.plain(x, kind=kind + "-error", weight=c.error_weight))
+            if c.confront_error:
+                out.append(confront_example(x, gold, wrong, weight=c.error_weight))
+            if c.contrastive:
+                pool = [s for s in by_rel.get(pred, []) if s.uid != x.uid]
+                shots = rng.sample(pool, min(c.contrastive_shots, len(pool))) if c.contrastive_with_memory else []
+                others = [r for r in ctx.seen if r.id not in (gold.id, wrong.id)]
+                options = [gold, wrong, *rng.sample(others, min(2, len(others)))]
+                rng.shuffle(options)
+                out.append(contrastive_example(x, gold, wrong, shots, options, weight=c.error_weight))
+        if c.error_fraction is not None and out and base:
+            # At a fixed step budget every error-focused example displaces plain training. On a new task nearly
+            # every training instance is an initial error (the model has never answered its relations), so
+            # without a cap the plain instruction the model is tested with gets a third of replay's passes.
+            n = round(c.error_fraction / (1 - c.error_fraction) * len(base))
+            out = out * (n // len(out)) + rng.sample(out, n % len(out))
+        return base + out
+
+    def end_task(self, ctx: TaskContext) -> None:
+        """Record which initial errors the trained model now gets right (fixed) and which correct ones broke."""
+        if not self.cases:
+            return
+        xs = [x for x, _, _ in self.cases]
+        after = ctx.predict(xs, desc=f"T{ctx.task.index + 1} after")
+        summary = {"train": {}, "memory": {}}
+        for (x, source, before), now in zip(self.cases, after):
+            s = summary[source]
+            was, ok = before == x.relation, now == x.relation
+            key = "initial_errors" if not was else "initial_correct"
+            s[key] = s.get(key, 0) + 1
+            if not was and ok:
+                s["fixed"] = s.get("fixed", 0) + 1
+            if was and not ok:
+                s["new_errors"] = s.get("new_errors", 0) + 1
+        path = ctx.run_dir / "error_cases" / f"task_{ctx.task.index:02d}_summary.json"
+        path.write_text(json.dumps(summary, indent=1))
+
+    def hints(self, instances) -> None:
+        return None

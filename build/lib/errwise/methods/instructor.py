@@ -1,0 +1,135 @@
+"""instructor: errwise plus training data written by an instructor LLM from the target's error cases.
+
+After "LLMs-as-Instructors" (Ying et al., EMNLP Findings 2024). The error cases errwise mines before training
+(initial responses on the task's training data and the memory) go to the instructor, the most frequent
+confusions first. LE: the instructor sees the error (sentence, head, tail, gold, the wrong answer, both
+relations' descriptions) and writes `per_error` new instances of the gold relation that exercise the missed
+distinction. LEC: it also sees the `contrast_k` most similar instances the target got right (cosine of the
+target's hidden states). Validated instances join the task's training data as plain examples; every block,
+accepted or rejected (with the reason), and the instructor's cost are written under `<run>/instructor/`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+import numpy as np
+
+from errwise import distributed
+from errwise.config import MethodConfig
+from errwise.data.types import RelationInstance
+from errwise.errors import ErrwiseError
+from errwise.evaluate import embed
+from errwise.instructor.generate import BLOCK_KEYS, make_backend, normalise, validate
+from errwise.methods.errwise import Errwise
+from errwise.methods.protocol import TaskContext
+from errwise.prompts import Example, instructor_messages, parse_blocks
+
+
+def pick_errors(cases: list[tuple[RelationInstance, str]], n: int) -> list[tuple[RelationInstance, str]]:
+    """Up to n error cases (instance, wrong relation id), one per confusion in turn, most frequent first."""
+    groups: dict[tuple[str, str], list[tuple[RelationInstance, str]]] = {}
+    for x, pred in cases:
+        groups.setdefault((x.relation, pred), []).append((x, pred))
+    ranked = sorted(groups.values(), key=len, reverse=True)
+    out: list[tuple[RelationInstance, str]] = []
+    for depth in range(max((len(g) for g in ranked), default=0)):
+        out += [g[depth] for g in ranked if depth < len(g)]
+    return out[:n]
+
+
+def most_similar(query: np.ndarray, pool: np.ndarray, k: int) -> list[int]:
+    """Indices of the k rows of `pool` with the highest cosine similarity to each `query` row, (Q, k)."""
+    q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-8)
+    p = pool / np.linalg.norm(pool, axis=1, keepdims=True).clip(1e-8)
+    return np.argsort(-(q @ p.T), axis=1)[:, :k].tolist()
+
+
+class Instructor:
+    def __init__(self, cfg: MethodConfig):
+        self.errwise = Errwise(cfg)
+        self.backend = None  # built on first use (a local instructor loads a model)
+        self.generated: list[RelationInstance] = []
+
+    def begin_task(self, ctx: TaskContext) -> None:
+        if distributed.world() > 1:
+            raise ErrwiseError(
+                "method instructor runs in one process only (instructor calls and files are not shared): "
+                "run it without `accelerate launch`"
+            )
+        self.errwise.begin_task(ctx)
+        ic = ctx.cfg.instructor
+        self.generated = []
+        errors = [(x, p) for x, _, p in self.errwise.cases if p != x.relation]
+        chosen = pick_errors(errors, ic.max_errors)
+        if not chosen:
+            return
+        if self.backend is None:
+            self.backend = make_backend(ic, ctx.run_dir)
+        right = [x for x, _, p in self.errwise.cases if p == x.relation]
+        neighbours: list[list[int]] = [[] for _ in chosen]
+        if ic.mode == "lec" and right and ic.contrast_k > 0:
+            kw = {"batch_size": ctx.cfg.eval.batch_size, "max_length": ctx.cfg.train.max_length}
+            feats = embed(ctx.model, ctx.tok, [x for x, _ in chosen] + right, **kw)
+            neighbours = most_similar(feats[: len(chosen)], feats[len(chosen) :], ic.contrast_k)
+        known = {r.name.lower(): r for r in ctx.seen}
+        taken = {normalise(x.text) for t in ctx.stream.tasks for x in (*t.test, *t.train)}
+        stats0 = self.backend.stats()
+        t0 = time.time()
+        rows = []
+        first_messages = None
+        for (x, pred), near in zip(chosen, neighbours):
+            gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
+            correct = [(right[i], ctx.relation(right[i].relation)) for i in near]
+            messages = instructor_messages(x, gold, wrong, ic.per_error, correct, ic.rationale)
+            first_messages = first_messages or messages
+            reply = self.backend.chat(messages, temperature=ic.temperature, max_tokens=ic.max_tokens, seed=ic.seed)
+            blocks = parse_blocks(reply.text, BLOCK_KEYS)
+            for block in blocks[: ic.per_error] or [{"reply": reply.text}]:
+                v = validate(block, gold, known, taken, f"gen/T{ctx.task.index + 1}/{x.uid}")
+                if v.instance is not None:
+                    self.generated.append(v.instance)
+                rows.append(
+                    {
+                        "error_uid": x.uid,
+                        "gold": x.relation,
+                        "pred": pred,
+                        "mode": ic.mode,
+                        "contrast_uids": [c.uid for c, _ in correct],
+                        "status": "accepted" if v.instance else "rejected",
+                        "reason": v.reason,
+                        "uid": v.instance.uid if v.instance else None,
+                        "block": block,
+                    }
+                )
+        stats1 = self.backend.stats()
+        out = ctx.run_dir / "instructor"
+        out.mkdir(exist_ok=True)
+        (out / f"task_{ctx.task.index:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cost = {k: stats1[k] - stats0[k] for k in stats1 if isinstance(stats1[k], (int, float))}
+        summary = {
+            "backend": self.backend.description,
+            "model": ic.model,
+            "mode": ic.mode,
+            "temperature": ic.temperature,
+            "seed": ic.seed,
+            "error_cases": len(errors),
+            "sent": len(chosen),
+            "accepted": sum(r["status"] == "accepted" for r in rows),
+            "rejected": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")),
+            "cost": cost,
+            "wall_seconds": time.time() - t0,
+            "first_request": first_messages,
+        }
+        (out / f"task_{ctx.task.index:02d}_summary.json").write_text(json.dumps(summary, indent=1))
+
+    def training_examples(self, ctx: TaskContext) -> list[Example]:
+        return self.errwise.training_examples(ctx) + [ctx.plain(x, kind="generated") for x in self.generated]
+
+    def end_task(self, ctx: TaskContext) -> None:
+        self.errwise.end_task(ctx)
+
+    def hints(self, instances):
+        return None

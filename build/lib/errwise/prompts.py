@@ -1,0 +1,173 @@
+"""Every instruction template, in one place.
+
+A training example is a prompt and an answer; the loss covers the answer tokens only. Every template ends
+with `Relation:` and every answer is ` <relation name>` + end token, so prediction (scoring each seen
+relation's name after the prompt) and all training objectives share one answer format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from errwise.data.types import Relation, RelationInstance
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction-tuning example."""
+
+    prompt: str
+    answer: str
+    """The relation name; the tokenizer adds the leading space and the end token (see model.label_ids)."""
+    weight: float = 1.0
+    kind: str = "plain"
+    """plain | error | contrastive | ... (logged, so a run shows what it trained on)."""
+    uid: str = ""
+
+
+def _describe(inst: RelationInstance) -> str:
+    return f"Sentence: {inst.text}\nHead: {inst.head_text}\nTail: {inst.tail_text}\n"
+
+
+def plain_prompt(inst: RelationInstance, candidates: list[Relation] | None = None, hint: str = "") -> str:
+    """The one prediction prompt: sentence, head, tail, optionally the candidate relations; `hint` (retrieved
+    lessons, see `lessons_hint`) goes first."""
+    cands = f"Options: {'; '.join(r.name for r in candidates)}\n" if candidates else ""
+    return f"{hint}What is the relation of the head to the tail?\n{_describe(inst)}{cands}Relation:"
+
+
+def plain_example(
+    inst: RelationInstance, gold: Relation, candidates: list[Relation] | None = None, hint: str = ""
+) -> Example:
+    return Example(plain_prompt(inst, candidates, hint), gold.name, uid=inst.uid)
+
+
+def confront_example(inst: RelationInstance, gold: Relation, wrong: Relation, weight: float = 1.0) -> Example:
+    """Error case, second objective: the model sees its own wrong answer and must give the right one."""
+    prompt = (
+        f"What is the relation of the head to the tail?\n{_describe(inst)}"
+        f'A previous answer was "{wrong.name}", which is wrong.\nRelation:'
+    )
+    return Example(prompt, gold.name, weight, "error", inst.uid)
+
+
+def contrastive_example(
+    inst: RelationInstance,
+    gold: Relation,
+    wrong: Relation,
+    shots: list[RelationInstance],
+    options: list[Relation],
+    weight: float = 1.0,
+) -> Example:
+    """Instruction-based contrastive tuning: the error case beside instances of the relation it was confused
+    with (taken from memory), the relations' descriptions, and the request to tell them apart."""
+    lines = ["Tell apart the relations below."]
+    for r in options:
+        lines.append(f"- {r.name}: {r.description}" if r.description else f"- {r.name}")
+    for s in shots:
+        lines.append(f'Example of "{wrong.name}":\n{_describe(s)}Relation: {wrong.name}')
+    lines.append(f'Now this one, which is not "{wrong.name}":\n{_describe(inst)}Relation:')
+    return Example("\n".join(lines), gold.name, weight, "contrastive", inst.uid)
+
+
+# --- The instructor (LLMs-as-Instructors, Ying et al. 2024): chat messages, replies parsed by `parse_blocks`.
+
+INSTRUCTOR_SYSTEM = "You write training data for a relation classifier. Follow the requested format exactly."
+
+
+def _rel(r: Relation) -> str:
+    return f'"{r.name}"' + (f" ({r.description})" if r.description else "")
+
+
+def _case(inst: RelationInstance, answer: str | None = None) -> str:
+    tail = f"\nRelation: {answer}" if answer is not None else ""
+    return f"{_describe(inst)}".rstrip("\n") + tail
+
+
+def instructor_messages(
+    inst: RelationInstance,
+    gold: Relation,
+    wrong: Relation,
+    k: int,
+    correct: list[tuple[RelationInstance, Relation]] = (),
+    rationale: bool = True,
+) -> list[dict[str, str]]:
+    """LE (learning from an error) and, when `correct` similar cases are given, LEC (by contrast with them).
+
+    The reply is k blocks of `Sentence/Head/Tail/Relation[/Why]` lines."""
+    # The error case is shown in the very format the reply must use: small instructors copy a filled-in block
+    # far more reliably than they follow a described one.
+    parts = [
+        f"A relation classifier answered {_rel(wrong)} for this case; the correct relation is {_rel(gold)}.",
+        _case(inst, gold.name),
+    ]
+    if correct:
+        parts.append("Similar cases the classifier got right:")
+        parts += [_case(x, r.name) for x, r in correct]
+        parts.append("Keep what separates these cases from the mistake in mind.")
+    why = f'\nWhy: <why it is "{gold.name}" and not "{wrong.name}">' if rationale else ""
+    parts.append(
+        f"Write {k} new cases in the same format, with new sentences and new entities, in which the relation of "
+        f'the head to the tail is "{gold.name}" and could not be mistaken for "{wrong.name}". Head and Tail must '
+        f"be copied exactly from the sentence. One block per case, blocks separated by a blank line:\n"
+        f"Sentence: <a new sentence>\nHead: <copied from the sentence>\nTail: <copied from the sentence>\n"
+        f"Relation: {gold.name}{why}"
+    )
+    return [
+        {"role": "system", "content": INSTRUCTOR_SYSTEM},
+        {"role": "user", "content": "\n\n".join(parts)},
+        {"role": "assistant", "content": "Sentence:"},  # prefill: the reply starts in the format
+    ]
+
+
+# --- The memory of lessons (ReasoningBank, Ouyang et al. 2025).
+
+LESSON_SYSTEM = "You distil short, general, reusable lessons for a relation classifier from its past answers."
+
+
+def lesson_messages(
+    cases: list[RelationInstance], gold: Relation, wrong: Relation | None, n: int
+) -> list[dict[str, str]]:
+    """Distil n lessons from a group of cases: errors gold -> wrong, or successes on gold (wrong is None)."""
+    listed = "\n".join(f"{i + 1}. {_case(x)}" for i, x in enumerate(cases))
+    if wrong is None:
+        head = f"The classifier correctly answered {_rel(gold)} for these cases:\n{listed}"
+        ask = f'Write {n} short general lesson(s) on how to recognise "{gold.name}".'
+    else:
+        head = (
+            f"The classifier wrongly answered {_rel(wrong)} for these cases, whose correct relation is "
+            f"{_rel(gold)}:\n{listed}"
+        )
+        ask = f'Write {n} short general lesson(s) that would avoid answering "{wrong.name}" for "{gold.name}".'
+    fmt = (
+        "Answer with exactly three lines, starting with Title:, When: and Lesson:\nTitle: <a few words>\n"
+        "When: <the kind of sentence where it applies>\nLesson: <one or two sentences>"
+    )
+    return [
+        {"role": "system", "content": LESSON_SYSTEM},
+        {"role": "user", "content": f"{head}\n\n{ask}\n{fmt}"},
+        {"role": "assistant", "content": "Title:"},  # prefill: the reply starts in the format
+    ]
+
+
+def lessons_hint(lessons: list[dict]) -> str:
+    """Retrieved lessons as the first lines of a prediction prompt ("" when none)."""
+    if not lessons:
+        return ""
+    return "Lessons:\n" + "".join(f"- {x['title']}: {x['content']}\n" for x in lessons)
+
+
+def parse_blocks(text: str, keys: tuple[str, ...]) -> list[dict[str, str]]:
+    """Parse `Key: value` lines into blocks; a block starts at each `keys[0]` line. Unknown lines are ignored,
+    so a chatty reply still yields its well-formed blocks; missing keys are left out (validation decides)."""
+    blocks: list[dict[str, str]] = []
+    lower = {k.lower(): k for k in keys}
+    for line in text.splitlines():
+        key, sep, value = line.strip().lstrip("-*0123456789. ").partition(":")
+        key = lower.get(key.strip().strip("*").lower())
+        if not sep or key is None:
+            continue
+        if key == keys[0] or not blocks:
+            blocks.append({})
+        blocks[-1].setdefault(key, value.strip().strip("*").strip())
+    return blocks

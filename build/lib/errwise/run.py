@@ -1,0 +1,304 @@
+"""The continual loop, top to bottom: for each task: begin -> train -> memory -> evaluate -> end -> log, checkpoint.
+
+A run folder is the contract (see README, "Run folder"). `metrics.jsonl` gets its line last, after the
+checkpoint, memory and predictions of the task are on disk: its length is the number of completed tasks,
+so a crash loses at most the task in progress and `errwise run RUN_DIR` resumes after the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from errwise import distributed, metrics
+from errwise.config import RunConfig, from_dict, load_yaml, save_yaml, to_dict
+from errwise.data.formats import load_corpus
+from errwise.data.stream import build_stream
+from errwise.data.types import RelationInstance, TaskStream
+from errwise.errors import ErrwiseError
+from errwise.evaluate import embed, predict
+from errwise.memory import select
+from errwise.methods import TaskContext, build_method
+from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, save_checkpoint
+from errwise.train import train
+
+
+def make_stream(cfg: RunConfig) -> TaskStream:
+    d = cfg.data
+    corpus = load_corpus(d.dataset, d.path)
+    return build_stream(
+        corpus,
+        order=d.order,
+        num_tasks=d.num_tasks,
+        relations_per_task=d.relations_per_task,
+        split=d.split,
+        train_size=d.train_size,
+        val_size=d.val_size,
+        test_size=d.test_size,
+        max_train=d.max_train,
+        max_test=d.max_test,
+        split_seed=d.split_seed,
+    )
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{Path(cfg.data.dataset).stem}-{cfg.method.name}-order{cfg.data.order}-{stamp}"
+
+
+def completed_tasks(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def resume_config(run_dir: Path) -> RunConfig:
+    if not (run_dir / "config.yaml").is_file():
+        raise ErrwiseError(f"{run_dir} has no config.yaml: not an errwise run folder (pass a config file instead)")
+    return from_dict(load_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+
+
+def _comparable(cfg: RunConfig) -> dict:
+    d = to_dict(cfg)
+    d.pop("output_dir")
+    return d
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
+    """Run (or resume) a continual stream; returns the run folder."""
+    run_dir = Path(run_dir or cfg.output_dir or default_run_dir(cfg))
+    done = completed_tasks(run_dir)
+    if done:
+        saved = resume_config(run_dir)
+        if _comparable(saved) != _comparable(cfg):
+            raise ErrwiseError(
+                f"{run_dir} already holds {len(done)} completed task(s) of another config; resume it with "
+                f"`errwise run {run_dir}` or pass another --output_dir"
+            )
+        cfg = saved
+    method = build_method(cfg.method)  # an unknown method fails before anything is loaded or written
+    ddp_device = distributed.init()  # under `accelerate launch`: this process's device
+    main = distributed.is_main()  # only process 0 writes the run folder; the others write to a scratch folder
+    method_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"errwise-rank{distributed.rank()}-"))
+    stream = make_stream(cfg)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+        for sub in ("predictions", "checkpoints", "memory"):
+            (run_dir / sub).mkdir(exist_ok=True)
+        _write_json(
+            run_dir / "relations.json",
+            {r.id: {"name": r.name, "description": r.description} for r in stream.relations},
+        )
+    by_uid = {x.uid: x for t in stream.tasks for x in (*t.train, *t.val, *t.test)}
+    task_of = {r: t.index for t in stream.tasks for r in t.relations}
+
+    device = ddp_device or pick_device(cfg.model.device)
+    m = cfg.model
+    adapter = run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None
+    tok = load_tokenizer(m.name)
+    seed_everything(cfg.train.seed)
+    model = load_model(
+        m.name,
+        device=device,
+        dtype=pick_dtype(m.dtype, device),
+        lora=m.lora,
+        lora_r=m.lora_r,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.lora_dropout,
+        lora_targets=m.lora_targets,
+        adapter=adapter,
+    )
+    memory: dict[str, list[RelationInstance]] = {}
+    if done:
+        saved = json.loads((run_dir / "memory" / f"task_{len(done) - 1:02d}.json").read_text())
+        memory = {rel: [by_uid[u] for u in uids] for rel, uids in saved.items()}
+        print(f"resuming {run_dir} after task {len(done)}/{len(stream.tasks)}")
+    matrix = [row["accuracy_row"] for row in done]
+    start_time = time.time() - sum(row["seconds"] for row in done)
+
+    for task in tqdm(stream.tasks[len(done) :], desc="tasks", disable=None):
+        t0 = time.time()
+        phases: dict[str, float] = {}
+        seed_everything(cfg.train.seed + 1000 * task.index)  # per-task seed: a resumed run repeats it exactly
+        seen = tuple(stream.relation(r) for r in stream.seen_relations(task.index))
+
+        def predict_seen(instances, desc="predict", _seen=seen):
+            return distributed.map_sharded(lambda part: _predict(part, desc, _seen), instances)
+
+        def _predict(instances, desc, _seen):
+            return predict(
+                model,
+                tok,
+                instances,
+                _seen,
+                batch_size=cfg.eval.batch_size,
+                list_candidates=cfg.eval.list_candidates,
+                score=cfg.eval.score,
+                max_length=cfg.train.max_length,
+                hints=method.hints(instances),
+                desc=desc,
+            )
+
+        ctx = TaskContext(cfg, stream, task, seen, memory, model, tok, method_dir, predict_seen)
+
+        method.begin_task(ctx)
+        phases["begin"] = time.time() - t0
+
+        t = time.time()
+        tc = cfg.train
+        stats = train(
+            model,
+            tok,
+            method.training_examples(ctx),
+            epochs=tc.epochs,
+            max_steps=tc.max_steps,
+            batch_size=tc.batch_size,
+            lr=tc.lr,
+            weight_decay=tc.weight_decay,
+            warmup_ratio=tc.warmup_ratio,
+            max_length=tc.max_length,
+            seed=tc.seed + 1000 * task.index,
+            budget_examples=len(task.train) + len(ctx.memory_instances()) if tc.budget == "replay" else None,
+            desc=f"T{task.index + 1} train",
+        )
+        phases["train"] = time.time() - t
+
+        t = time.time()
+        if cfg.method.memory_per_relation > 0:
+            new = update_memory(cfg, model, tok, task.train, task.relations, task.index)
+            memory = {**memory, **distributed.broadcast(new)}  # k-means may differ in the last bit: use process 0's
+        phases["memory"] = time.time() - t
+
+        t = time.time()
+        test = [x for t_ in stream.tasks[: task.index + 1] for x in t_.test]
+        preds = predict_seen(test, desc=f"T{task.index + 1} eval")
+        rows = [
+            {
+                "uid": x.uid,
+                "task": task_of[x.relation],
+                "gold": x.relation,
+                "pred": p,
+                "correct": p == x.relation,
+            }
+            for x, p in zip(test, preds)
+        ]
+        phases["evaluate"] = time.time() - t
+
+        t = time.time()
+        method.end_task(ctx)
+        phases["end"] = time.time() - t
+
+        row = metrics.accuracy_row(rows, task.index + 1)
+        matrix.append(row)
+        line = {
+            "task": task.index,
+            "relations": list(task.relations),
+            "seen_accuracy": metrics.seen_accuracy(rows),
+            "accuracy_row": row,
+            "n_test": len(rows),
+            "train_steps": stats.steps,
+            "train_examples": stats.examples,
+            "train_tokens": stats.tokens,
+            "train_kinds": stats.kinds,
+            "train_loss": stats.loss,
+            "seconds": time.time() - t0,
+            "phase_seconds": phases,
+        }
+        if main:  # persist: checkpoint, memory, predictions, matrix; the metrics line last (marks the task done)
+            save_checkpoint(model, run_dir / "checkpoints" / f"task_{task.index:02d}")
+            if not m.lora and task.index > 0:  # full weights are large: keep the latest only
+                _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
+            _write_json(
+                run_dir / "memory" / f"task_{task.index:02d}.json",
+                {r: [x.uid for x in xs] for r, xs in memory.items()},
+            )
+            _write_jsonl(run_dir / "predictions" / f"task_{task.index:02d}.jsonl", rows)
+            _write_json(
+                run_dir / "accuracy_matrix.json",
+                {"tasks": [list(t_.relations) for t_ in stream.tasks], "matrix": matrix},
+            )
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+            tqdm.write(
+                f"T{task.index + 1}/{len(stream.tasks)} seen acc {100 * line['seen_accuracy']:.1f}% "
+                f"[{' '.join(f'{100 * a:.0f}' for a in row)}] loss {stats.loss:.3f} steps {stats.steps} "
+                f"({line['seconds']:.0f}s)"
+            )
+        distributed.barrier()
+
+    done = completed_tasks(run_dir)
+    seen_acc = [r["seen_accuracy"] for r in done]
+    summary = {
+        "method": cfg.method.name,
+        "dataset": cfg.data.dataset,
+        "order": cfg.data.order,
+        "model": cfg.model.name,
+        "seen_accuracy": seen_acc,
+        "average_accuracy": metrics.average_accuracy(seen_acc),
+        "final_accuracy": metrics.final_accuracy(seen_acc),
+        "forgetting": metrics.forgetting(matrix),
+        "backward_transfer": metrics.backward_transfer(matrix),
+        "wall_seconds": time.time() - start_time,
+    }
+    if not main:
+        _remove(method_dir)
+        return run_dir
+    _write_json(run_dir / "summary.json", summary)
+    print(
+        f"done: {run_dir}  final {100 * summary['final_accuracy']:.1f}%  "
+        f"average {100 * summary['average_accuracy']:.1f}%  ({summary['wall_seconds']:.0f}s)"
+    )
+    return run_dir
+
+
+def update_memory(
+    cfg: RunConfig, model, tok, train_data, relations, task_index: int
+) -> dict[str, list[RelationInstance]]:
+    """Memory of the relations of one task, selected after training on it (features of the trained model)."""
+    mc = cfg.method
+    out: dict[str, list[RelationInstance]] = {}
+    for i, rel in enumerate(relations):
+        xs = [x for x in train_data if x.relation == rel]
+        feats = None
+        if mc.memory_selection == "kmeans" and len(xs) > mc.memory_per_relation:
+            feats = embed(model, tok, xs, batch_size=cfg.eval.batch_size, max_length=cfg.train.max_length)
+        out[rel] = select(
+            xs, mc.memory_per_relation, strategy=mc.memory_selection, seed=cfg.train.seed + i, features=feats
+        )
+    return out
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
