@@ -105,6 +105,15 @@ def test_errwise_caps_the_share_of_error_focused_examples(tiny_model_dir, tmp_pa
     assert focused == round(0.25 / 0.75 * 20)
 
 
+def test_errwise_without_memory_errors_still_replays_the_memory(tiny_model_dir, tmp_path):
+    out = run(tiny_config(tiny_model_dir, tmp_path / "cur", "errwise", memory_errors=False))
+    kinds = read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]
+    rows = read_jsonl(out / "error_cases" / "task_01.jsonl")
+    memory = [r for r in rows if r["source"] == "memory"]
+    assert len(memory) == 4 and all(r["correct"] for r in memory)  # not mined: replayed as correct cases
+    assert kinds.get("memory", 0) == 4 and "memory-error" not in kinds
+
+
 def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):
     """Kill a real `errwise run` process after its first task; resuming it ends where a full run ends."""
     full = run(tiny_config(tiny_model_dir, tmp_path / "full"))

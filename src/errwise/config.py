@@ -110,7 +110,9 @@ class MethodConfig:
         "errwise: share of the training examples that are error-focused (confront, contrastive, extra copies), "
         "the rest being every case once in the plain instruction; null = all error-focused examples, uncapped.",
     )
-    memory_errors: bool = _f(True, "errwise: also mine error cases from the replay memory.")
+    memory_errors: bool = _f(
+        True, "errwise: also mine error cases from the replay memory (False: memory is replayed plainly)."
+    )
     contrastive: bool = _f(True, "errwise: add instruction-based contrastive examples for error cases.")
     contrastive_with_memory: bool = _f(True, "errwise: show instances of the confused relation from memory.")
     contrastive_shots: int = _f(1, "errwise: instances of the confused relation shown per contrastive example.")

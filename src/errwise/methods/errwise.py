@@ -26,14 +26,13 @@ class Errwise:
         self.cases: list[tuple[RelationInstance, str, str]] = []  # (instance, source, predicted relation)
 
     def begin_task(self, ctx: TaskContext) -> None:
-        pools = [("train", list(ctx.task.train))]
-        if self.cfg.memory_errors:
-            pools.append(("memory", ctx.memory_instances()))
+        pools = [("train", list(ctx.task.train)), ("memory", ctx.memory_instances())]
         self.cases = []
         for source, xs in pools:
-            if self.cfg.split_by_correctness and xs:
+            mine = self.cfg.split_by_correctness and (source == "train" or self.cfg.memory_errors)
+            if mine and xs:
                 preds = ctx.predict(xs, desc=f"T{ctx.task.index + 1} initial {source}")
-            else:  # ablation "no split": every case counts as correct -> plain replay
+            else:  # ablations "no split" / "current-task errors only": replayed as correct cases
                 preds = [x.relation for x in xs]
             self.cases += [(x, source, p) for x, p in zip(xs, preds)]
         (ctx.run_dir / "error_cases").mkdir(exist_ok=True)
