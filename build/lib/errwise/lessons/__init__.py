@@ -1,1 +1,0 @@
-"""A memory of lessons distilled from error and success cases, retrieved into prompts."""
