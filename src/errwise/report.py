@@ -375,10 +375,10 @@ def helper_cost_table(groups: dict[str, list[RunResult]]) -> str:
             )
     if not rows:
         return ""
-    header = ["Method", "Runs", "Calls", "Cache hits", "Prompt tok", "Completion tok", "Seconds", "Accepted",
-              "Rejected", "Lessons added"]  # fmt: skip
-    return "### Instructor / distiller cost (summed over orders and tasks)\n\n" + _table(header, [
-        [str(c) for c in row] for row in rows])  # fmt: skip
+    header = ["Method", "Runs", "Calls", "Cache hits", "Prompt tok", "Completion tok", "Seconds", "Accepted"]
+    header += ["Rejected", "Lessons added"]
+    table = _table(header, [[str(c) for c in row] for row in rows])
+    return "### Instructor / distiller cost (summed over orders and tasks)\n\n" + table
 
 
 def compare_table(run_dirs: Sequence[Path], baseline: str = "replay") -> str:

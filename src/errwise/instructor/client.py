@@ -348,6 +348,10 @@ class CachedChat:
             "seconds": self.seconds,
         }
 
+    def cost_since(self, before: dict[str, float]) -> dict[str, float]:
+        """What was spent since `before` (an earlier `stats()`)."""
+        return {k: v - before[k] for k, v in self.stats().items()}
+
     def _request(self, messages: list[dict[str, str]], temperature: float, max_tokens: int, seed: int) -> dict:
         return {
             "backend": self.backend.description,

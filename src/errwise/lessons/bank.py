@@ -22,7 +22,8 @@ Embedder = Callable[[Sequence[str]], np.ndarray]
 """Texts -> L2-normalised embeddings, (N, dim)."""
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cosine similarity = dot product)."""
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-8)
 
 
@@ -48,7 +49,7 @@ def minilm_embedder(batch_size: int = 32) -> Embedder:
             hidden = model(**enc).last_hidden_state  # (batch, seq, 384)
             mask = enc["attention_mask"].unsqueeze(-1).float()
             out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
-        return _normalise(np.concatenate(out)) if out else np.zeros((0, model.config.hidden_size), np.float32)
+        return unit_rows(np.concatenate(out)) if out else np.zeros((0, model.config.hidden_size), np.float32)
 
     return run
 
@@ -58,7 +59,7 @@ def target_embedder(model, tok, batch_size: int = 16, max_length: int = 256) -> 
 
     def run(texts: Sequence[str]) -> np.ndarray:
         ids = [tok(t)["input_ids"][-max_length:] for t in texts]
-        return _normalise(last_hidden(model, tok, ids, batch_size=batch_size))
+        return unit_rows(last_hidden(model, tok, ids, batch_size=batch_size))
 
     return run
 

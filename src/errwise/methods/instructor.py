@@ -23,6 +23,7 @@ from errwise.data.types import RelationInstance
 from errwise.errors import ErrwiseError
 from errwise.evaluate import embed
 from errwise.instructor.generate import BLOCK_KEYS, make_backend, normalise, validate
+from errwise.lessons.bank import unit_rows
 from errwise.methods.errwise import Errwise
 from errwise.methods.protocol import TaskContext
 from errwise.prompts import Example, instructor_messages, parse_blocks
@@ -42,9 +43,7 @@ def pick_errors(cases: list[tuple[RelationInstance, str]], n: int) -> list[tuple
 
 def most_similar(query: np.ndarray, pool: np.ndarray, k: int) -> list[int]:
     """Indices of the k rows of `pool` with the highest cosine similarity to each `query` row, (Q, k)."""
-    q = query / np.linalg.norm(query, axis=1, keepdims=True).clip(1e-8)
-    p = pool / np.linalg.norm(pool, axis=1, keepdims=True).clip(1e-8)
-    return np.argsort(-(q @ p.T), axis=1)[:, :k].tolist()
+    return np.argsort(-(unit_rows(query) @ unit_rows(pool).T), axis=1)[:, :k].tolist()
 
 
 class Instructor:
@@ -76,7 +75,7 @@ class Instructor:
             neighbours = most_similar(feats[: len(chosen)], feats[len(chosen) :], ic.contrast_k)
         known = {r.name.lower(): r for r in ctx.seen}
         taken = {normalise(x.text) for t in ctx.stream.tasks for x in (*t.test, *t.train)}
-        stats0 = self.backend.stats()
+        before = self.backend.stats()
         t0 = time.time()
         rows = []
         first_messages = None
@@ -104,11 +103,10 @@ class Instructor:
                         "block": block,
                     }
                 )
-        stats1 = self.backend.stats()
         out = ctx.run_dir / "instructor"
         out.mkdir(exist_ok=True)
         (out / f"task_{ctx.task.index:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        cost = {k: stats1[k] - stats0[k] for k in stats1 if isinstance(stats1[k], (int, float))}
+        cost = self.backend.cost_since(before)
         summary = {
             "backend": self.backend.description,
             "model": ic.model,

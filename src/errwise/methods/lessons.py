@@ -82,7 +82,7 @@ class Lessons:
         self._setup(ctx)
         self.errwise.begin_task(ctx)  # initial responses are predicted with the lessons so far
         lc, ic = ctx.cfg.lessons, ctx.cfg.instructor
-        t0, stats0 = time.time(), self.backend.stats()
+        t0, before = time.time(), self.backend.stats()
         new, malformed, rows = [], 0, []
         for xs, gold, wrong in case_groups(self.errwise.cases, lc.max_groups):
             g, w = ctx.relation(gold), (ctx.relation(wrong) if wrong else None)
@@ -111,7 +111,6 @@ class Lessons:
         out = ctx.run_dir / "lessons"
         out.mkdir(exist_ok=True)
         self.bank.save(out / f"task_{ctx.task.index:02d}.jsonl")
-        stats1 = self.backend.stats()
         summary = {
             "distiller": lc.distiller,
             "backend": self.backend.description,
@@ -120,7 +119,7 @@ class Lessons:
             "malformed_replies_or_blocks": malformed,
             **counts,
             "bank_size": len(self.bank.lessons),
-            "cost": {k: stats1[k] - stats0[k] for k in stats1 if isinstance(stats1[k], (int, float))},
+            "cost": self.backend.cost_since(before),
             "wall_seconds": time.time() - t0,
             "replies": rows,
         }
