@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -112,6 +113,31 @@ def test_errwise_without_memory_errors_still_replays_the_memory(tiny_model_dir, 
     memory = [r for r in rows if r["source"] == "memory"]
     assert len(memory) == 4 and all(r["correct"] for r in memory)  # not mined: replayed as correct cases
     assert kinds.get("memory", 0) == 4 and "memory-error" not in kinds
+
+
+def test_the_consolidation_round_takes_its_steps_from_the_task_budget(tiny_model_dir, tmp_path):
+    """train.consolidate: after the memory update a share of the steps goes to the memory of every seen
+    relation; the total per task stays replay's (equal budget). errwise mines that memory's errors first."""
+    steps = {}
+    for method, share in (("replay", 0.0), ("replay", 0.5), ("errwise", 0.5)):
+        cfg = tiny_config(tiny_model_dir, tmp_path / f"{method}-{share}", method)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, consolidate=share, budget="replay"))
+        out = run(cfg)
+        lines = read_jsonl(out / "metrics.jsonl")
+        steps[method, share] = [line["train_steps"] for line in lines]
+        if share:
+            rounds = [line["consolidation"] for line in lines]
+            assert [r["steps"] for r in rounds] == [round(0.5 * s) for s in steps["replay", 0.0]]
+            once = [sum(n for k, n in r["kinds"].items() if k in ("memory", "memory-error")) for r in rounds]
+            assert once == [4, 8, 12]  # 2 per relation of every seen relation, each once in the plain instruction
+        else:
+            assert all(line["consolidation"] is None for line in lines)
+    assert steps["replay", 0.5] == steps["errwise", 0.5] == steps["replay", 0.0]
+    rows = read_jsonl(tmp_path / "errwise-0.5" / "error_cases" / "task_01_consolidation.jsonl")
+    assert len(rows) == 8 and {r["source"] for r in rows} == {"memory"}
+    assert {r["gold"] for r in rows} == set(
+        json.loads((tmp_path / "errwise-0.5" / "memory" / "task_01.json").read_text())
+    )
 
 
 def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):

@@ -81,6 +81,12 @@ class TrainConfig:
         "`own`: epochs over the method's own examples; `replay`: epochs over the task's training data plus the "
         "memory, i.e. exactly replay's number of steps (equal-budget comparisons).",
     )
+    consolidate: float = _f(
+        0.0,
+        "Share of each task's optimiser steps spent on a consolidation round after the memory update: a short "
+        "second training round over the memory of every seen relation (class-balanced, as in EEIL's balanced "
+        "fine-tuning); the method picks its examples (errwise: its error cases after the first round). 0 = off.",
+    )
     batch_size: int = _f(8, "Examples per optimiser step.")
     lr: float = _f(2e-4, "Peak learning rate (AdamW, linear warmup then linear decay, per task).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
@@ -94,6 +100,7 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.max_steps is None or self.max_steps > 0, "train.max_steps must be > 0")
         _check(self.budget in ("own", "replay"), f"train.budget must be own or replay, got {self.budget!r}")
+        _check(0 <= self.consolidate < 1, f"train.consolidate must be in [0, 1), got {self.consolidate!r}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ so a crash loses at most the task in progress and `errwise run RUN_DIR` resumes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -29,7 +30,7 @@ from errwise.evaluate import embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, save_checkpoint
-from errwise.train import train
+from errwise.train import step_budget, train
 
 
 def make_stream(cfg: RunConfig) -> TaskStream:
@@ -175,20 +176,27 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
 
         t = time.time()
         tc = cfg.train
+        examples = method.training_examples(ctx)
+        budget = len(task.train) + len(ctx.memory_instances()) if tc.budget == "replay" else len(examples)
+        steps = tc.max_steps or step_budget(budget, tc.epochs, tc.batch_size)
+        # The consolidation round takes its steps out of the task's budget, so budgets stay comparable.
+        consolidate_steps = min(round(tc.consolidate * steps), steps - 1) if cfg.method.memory_per_relation else 0
+        kw = {
+            "epochs": tc.epochs,
+            "batch_size": tc.batch_size,
+            "lr": tc.lr,
+            "weight_decay": tc.weight_decay,
+            "warmup_ratio": tc.warmup_ratio,
+            "max_length": tc.max_length,
+        }
         stats = train(
             model,
             tok,
-            method.training_examples(ctx),
-            epochs=tc.epochs,
-            max_steps=tc.max_steps,
-            batch_size=tc.batch_size,
-            lr=tc.lr,
-            weight_decay=tc.weight_decay,
-            warmup_ratio=tc.warmup_ratio,
-            max_length=tc.max_length,
+            examples,
+            max_steps=steps - consolidate_steps,
             seed=tc.seed + 1000 * task.index,
-            budget_examples=len(task.train) + len(ctx.memory_instances()) if tc.budget == "replay" else None,
             desc=f"T{task.index + 1} train",
+            **kw,
         )
         phases["train"] = time.time() - t
 
@@ -197,6 +205,21 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             new = update_memory(cfg, model, tok, task.train, task.relations, task.index)
             memory = {**memory, **distributed.broadcast(new)}  # k-means may differ in the last bit: use process 0's
         phases["memory"] = time.time() - t
+
+        consolidation = None
+        if consolidate_steps:
+            t = time.time()
+            more = method.consolidation_examples(dataclasses.replace(ctx, memory=memory))
+            consolidation = train(
+                model,
+                tok,
+                more,
+                max_steps=consolidate_steps,
+                seed=tc.seed + 1000 * task.index + 1,
+                desc=f"T{task.index + 1} consolidate",
+                **kw,
+            )
+            phases["consolidate"] = time.time() - t
 
         t = time.time()
         test = [x for t_ in stream.tasks[: task.index + 1] for x in t_.test]
@@ -225,11 +248,18 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             "seen_accuracy": metrics.seen_accuracy(rows),
             "accuracy_row": row,
             "n_test": len(rows),
-            "train_steps": stats.steps,
+            "train_steps": stats.steps + (consolidation.steps if consolidation else 0),
             "train_examples": stats.examples,
-            "train_tokens": stats.tokens,
+            "train_tokens": stats.tokens + (consolidation.tokens if consolidation else 0),
             "train_kinds": stats.kinds,
             "train_loss": stats.loss,
+            "consolidation": consolidation
+            and {
+                "steps": consolidation.steps,
+                "examples": consolidation.examples,
+                "kinds": consolidation.kinds,
+                "loss": consolidation.loss,
+            },
             "seconds": time.time() - t0,
             "phase_seconds": phases,
         }

@@ -80,6 +80,11 @@ def example_losses(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> to
     return nll.sum(1) / n
 
 
+def step_budget(n_examples: int, epochs: float, batch_size: int) -> int:
+    """Optimiser steps of `epochs` passes over `n_examples` examples."""
+    return max(1, round(epochs * math.ceil(n_examples / batch_size)))
+
+
 def train(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
@@ -98,8 +103,9 @@ def train(
 ) -> TrainStats:
     """AdamW with linear warmup and decay, a fresh optimiser per call (per task), as CRE codebases do.
 
-    The budget is `epochs` passes over `examples` (or over `budget_examples` examples when given), or
-    exactly `max_steps` optimiser steps; the data are cycled, so methods can be compared at equal steps.
+    The budget is `epochs` passes over `examples` (or over `budget_examples` examples when given: another
+    method's data size, for equal-budget comparisons), or exactly `max_steps` optimiser steps; the data are
+    cycled, so methods can be compared at equal steps.
     """
     kinds: dict[str, int] = {}
     for ex in examples:
@@ -109,10 +115,7 @@ def train(
     rng = random.Random(seed)
     encoded = [encode(tok, ex, max_length) for ex in examples]
     weights = torch.tensor([ex.weight for ex in examples])
-    per_epoch = math.ceil(len(examples) / batch_size)
-    if budget_examples is not None:  # another method's data size sets the budget (equal-budget comparison)
-        per_epoch = math.ceil(budget_examples / batch_size)
-    steps = max_steps or max(1, round(epochs * per_epoch))
+    steps = max_steps or step_budget(budget_examples or len(examples), epochs, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = int(warmup_ratio * steps)

@@ -27,31 +27,48 @@ class Errwise:
 
     def begin_task(self, ctx: TaskContext) -> None:
         pools = [("train", list(ctx.task.train)), ("memory", ctx.memory_instances())]
-        self.cases = []
+        self.cases = self._responses(ctx, pools, "initial")
+        self._record(ctx, self.cases, f"task_{ctx.task.index:02d}.jsonl")
+
+    def _responses(self, ctx: TaskContext, pools, when: str) -> list[tuple[RelationInstance, str, str]]:
+        """(instance, source, predicted relation) for every instance of the pools; unmined pools count as correct."""
+        cases = []
         for source, xs in pools:
             mine = self.cfg.split_by_correctness and (source == "train" or self.cfg.memory_errors)
             if mine and xs:
-                preds = ctx.predict(xs, desc=f"T{ctx.task.index + 1} initial {source}")
+                preds = ctx.predict(xs, desc=f"T{ctx.task.index + 1} {when} {source}")
             else:  # ablations "no split" / "current-task errors only": replayed as correct cases
                 preds = [x.relation for x in xs]
-            self.cases += [(x, source, p) for x, p in zip(xs, preds)]
+            cases += [(x, source, p) for x, p in zip(xs, preds)]
+        return cases
+
+    def _record(self, ctx: TaskContext, cases, name: str) -> None:
         (ctx.run_dir / "error_cases").mkdir(exist_ok=True)
         rows = [
-            {"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation}
-            for x, s, p in self.cases
+            {"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in cases
         ]
-        path = ctx.run_dir / "error_cases" / f"task_{ctx.task.index:02d}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (ctx.run_dir / "error_cases" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def training_examples(self, ctx: TaskContext) -> list[Example]:
+        return self._examples(ctx, self.cases, random.Random(ctx.cfg.train.seed + ctx.task.index))
+
+    def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
+        """The memory of every seen relation (this task's included), answered by the model after the first
+        round: its error cases now are mostly old relations lost to the new ones (forgetting), and get the
+        same error-focused treatment as the initial errors, in a short class-balanced round."""
+        cases = self._responses(ctx, [("memory", ctx.memory_instances())], "consolidation")
+        self._record(ctx, cases, f"task_{ctx.task.index:02d}_consolidation.jsonl")
+        return self._examples(ctx, cases, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))
+
+    def _examples(self, ctx: TaskContext, cases, rng: random.Random) -> list[Example]:
         c = self.cfg
-        rng = random.Random(ctx.cfg.train.seed + ctx.task.index)
         by_rel: dict[str, list[RelationInstance]] = {r: list(xs) for r, xs in ctx.memory.items()}
         for x in ctx.task.train:
-            by_rel.setdefault(x.relation, []).append(x)
+            if x.relation not in ctx.memory:  # after the memory update the task's relations are in it already
+                by_rel.setdefault(x.relation, []).append(x)
         base: list[Example] = []  # every case once in the plain instruction, as replay trains
         out: list[Example] = []  # the error-focused examples
-        for x, source, pred in self.cases:
+        for x, source, pred in cases:
             kind = "plain" if source == "train" else "memory"
             if pred == x.relation:
                 base.append(ctx.plain(x, kind=kind))

@@ -13,6 +13,9 @@ class Finetune:
     def training_examples(self, ctx: TaskContext) -> list[Example]:
         return [ctx.plain(x) for x in ctx.task.train]
 
+    def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
+        return []  # finetune does not use the memory
+
     def end_task(self, ctx: TaskContext) -> None:
         pass
 

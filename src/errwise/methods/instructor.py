@@ -126,6 +126,9 @@ class Instructor:
     def training_examples(self, ctx: TaskContext) -> list[Example]:
         return self.errwise.training_examples(ctx) + [ctx.plain(x, kind="generated") for x in self.generated]
 
+    def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
+        return self.errwise.consolidation_examples(ctx)
+
     def end_task(self, ctx: TaskContext) -> None:
         self.errwise.end_task(ctx)
 

@@ -13,6 +13,9 @@ class Joint:
     def training_examples(self, ctx: TaskContext) -> list[Example]:
         return [ctx.plain(x) for t in ctx.stream.tasks[: ctx.task.index + 1] for x in t.train]
 
+    def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
+        return ctx.memory_examples()
+
     def end_task(self, ctx: TaskContext) -> None:
         pass
 

@@ -133,6 +133,9 @@ class Lessons:
         hints = self.hints([by_uid[e.uid] for e in examples])
         return [Example(h + e.prompt, e.answer, e.weight, e.kind, e.uid) for e, h in zip(examples, hints)]
 
+    def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
+        return self.errwise.consolidation_examples(ctx)
+
     def end_task(self, ctx: TaskContext) -> None:
         self.errwise.end_task(ctx)
 

@@ -43,15 +43,24 @@ class TaskContext:
     def memory_instances(self) -> list[RelationInstance]:
         return [x for rel in self.memory.values() for x in rel]
 
+    def memory_examples(self) -> list[Example]:
+        """The memory in the plain instruction: what replay trains on beside the task's data."""
+        return [self.plain(x, kind="memory") for x in self.memory_instances()]
+
 
 class Method(Protocol):
     """A continual method. The loop calls, for each task: begin_task -> training_examples -> (train) ->
-    (memory update, evaluation) -> end_task; every prediction prompt starts with `hints`. Anything a method
-    records goes under ctx.run_dir."""
+    (memory update) -> [consolidation_examples -> (train), when train.consolidate > 0] -> (evaluation) ->
+    end_task; every prediction prompt starts with `hints`. Anything a method records goes under ctx.run_dir."""
 
     def begin_task(self, ctx: TaskContext) -> None: ...
 
     def training_examples(self, ctx: TaskContext) -> list[Example]: ...
+
+    def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
+        """Examples of the consolidation round (train.consolidate > 0), called after the memory update: ctx.memory
+        holds every seen relation. [] when the method does not use the memory (its steps go unused)."""
+        ...
 
     def end_task(self, ctx: TaskContext) -> None: ...
 

@@ -11,7 +11,10 @@ class Replay:
         pass
 
     def training_examples(self, ctx: TaskContext) -> list[Example]:
-        return [ctx.plain(x) for x in ctx.task.train] + [ctx.plain(x, kind="memory") for x in ctx.memory_instances()]
+        return [ctx.plain(x) for x in ctx.task.train] + ctx.memory_examples()
+
+    def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
+        return ctx.memory_examples()
 
     def end_task(self, ctx: TaskContext) -> None:
         pass
