@@ -140,6 +140,16 @@ def test_the_consolidation_round_takes_its_steps_from_the_task_budget(tiny_model
     )
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_takes_a_consolidation_round(tiny_model_dir, tmp_path, method):
+    cfg = tiny_config(tiny_model_dir, tmp_path / method, method)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, consolidate=0.5, max_steps=4))
+    lines = read_jsonl(run(cfg) / "metrics.jsonl")
+    uses_memory = method != "finetune"
+    assert [line["consolidation"]["steps"] for line in lines] == [2 * uses_memory] * 3
+    assert [line["train_steps"] for line in lines] == [4 if uses_memory else 2] * 3
+
+
 def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):
     """Kill a real `errwise run` process after its first task; resuming it ends where a full run ends."""
     full = run(tiny_config(tiny_model_dir, tmp_path / "full"))

@@ -126,15 +126,18 @@ class Lessons:
         (out / f"task_{ctx.task.index:02d}_summary.json").write_text(json.dumps(summary, indent=1))
 
     def training_examples(self, ctx: TaskContext) -> list[Example]:
-        examples = self.errwise.training_examples(ctx)
-        if not ctx.cfg.lessons.in_training:
-            return examples
-        by_uid = {x.uid: x for x, _, _ in self.errwise.cases}
-        hints = self.hints([by_uid[e.uid] for e in examples])
-        return [Example(h + e.prompt, e.answer, e.weight, e.kind, e.uid) for e, h in zip(examples, hints)]
+        return self._with_hints(ctx, self.errwise.training_examples(ctx), [x for x, _, _ in self.errwise.cases])
 
     def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
-        return self.errwise.consolidation_examples(ctx)
+        return self._with_hints(ctx, self.errwise.consolidation_examples(ctx), ctx.memory_instances())
+
+    def _with_hints(self, ctx: TaskContext, examples: list[Example], instances) -> list[Example]:
+        """Train as you predict (--lessons.in_training): the retrieved lessons first in every training prompt."""
+        if not ctx.cfg.lessons.in_training:
+            return examples
+        by_uid = {x.uid: x for x in instances}
+        hints = self.hints([by_uid[e.uid] for e in examples])
+        return [Example(h + e.prompt, e.answer, e.weight, e.kind, e.uid) for e, h in zip(examples, hints)]
 
     def end_task(self, ctx: TaskContext) -> None:
         self.errwise.end_task(ctx)
