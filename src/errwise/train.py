@@ -98,14 +98,12 @@ def train(
     warmup_ratio: float,
     max_length: int,
     seed: int,
-    budget_examples: int | None = None,
     desc: str = "train",
 ) -> TrainStats:
     """AdamW with linear warmup and decay, a fresh optimiser per call (per task), as CRE codebases do.
 
-    The budget is `epochs` passes over `examples` (or over `budget_examples` examples when given: another
-    method's data size, for equal-budget comparisons), or exactly `max_steps` optimiser steps; the data are
-    cycled, so methods can be compared at equal steps.
+    The budget is `epochs` passes over `examples`, or exactly `max_steps` optimiser steps (the loop sets them
+    for equal-budget comparisons and the consolidation round); the data are cycled.
     """
     kinds: dict[str, int] = {}
     for ex in examples:
@@ -115,7 +113,7 @@ def train(
     rng = random.Random(seed)
     encoded = [encode(tok, ex, max_length) for ex in examples]
     weights = torch.tensor([ex.weight for ex in examples])
-    steps = max_steps or step_budget(budget_examples or len(examples), epochs, batch_size)
+    steps = max_steps or step_budget(len(examples), epochs, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warmup = int(warmup_ratio * steps)
