@@ -3,7 +3,8 @@
     python benchmarks/phases.py runs/mini/replay-0 runs/mini/errwise-0
 
 Phases: begin (a method's preparation, e.g. errwise's initial responses), train, memory (k-means selection),
-evaluate (prediction on every seen relation's test data), end (e.g. errwise's after-training responses).
+consolidate (the round over the memory with --train.consolidate), evaluate (prediction on every seen
+relation's test data), end (e.g. errwise's after-training responses).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-PHASES = ("begin", "train", "memory", "evaluate", "end")
+PHASES = ("begin", "train", "memory", "consolidate", "evaluate", "end")
 
 
 def main() -> None:
