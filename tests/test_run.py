@@ -115,6 +115,20 @@ def test_errwise_without_memory_errors_still_replays_the_memory(tiny_model_dir, 
     assert kinds.get("memory", 0) == 4 and "memory-error" not in kinds
 
 
+def test_errwise_ranks_each_error_case_against_its_own_wrong_answer(tiny_model_dir, tmp_path):
+    """method.rank_weight: same examples and steps, plus a forward over each error case's wrong answer."""
+    lines = {}
+    for w in (0.0, 1.0):
+        out = run(tiny_config(tiny_model_dir, tmp_path / f"rank-{w}", "errwise", rank_weight=w))
+        lines[w] = read_jsonl(out / "metrics.jsonl")
+    errors = sum(not r["correct"] for r in read_jsonl(tmp_path / "rank-1.0" / "error_cases" / "task_01.jsonl"))
+    assert errors > 0
+    for off, on in zip(lines[0.0], lines[1.0]):
+        assert on["train_kinds"] == off["train_kinds"] and on["train_steps"] == off["train_steps"]
+    assert lines[1.0][1]["train_tokens"] > lines[0.0][1]["train_tokens"]  # the wrong answers' sequences
+    assert lines[1.0][1]["train_loss"] != lines[0.0][1]["train_loss"]
+
+
 def test_the_consolidation_round_takes_its_steps_from_the_task_budget(tiny_model_dir, tmp_path):
     """train.consolidate: after the memory update a share of the steps goes to the memory of every seen
     relation; the total per task stays replay's (equal budget). errwise mines that memory's errors first."""

@@ -124,6 +124,12 @@ class MethodConfig:
     contrastive_with_memory: bool = _f(True, "errwise: show instances of the confused relation from memory.")
     contrastive_shots: int = _f(1, "errwise: instances of the confused relation shown per contrastive example.")
     confront_error: bool = _f(True, "errwise: error cases get the instruction that confronts the wrong answer.")
+    rank_weight: float = _f(
+        0.0,
+        "errwise: weight of a pairwise ranking loss on each error case in the plain instruction, "
+        "-log sigmoid(log p(gold) - log p(its wrong answer)) over summed answer log-probabilities, the score "
+        "prediction ranks by (contrastive tuning in the test format; costs a forward of the wrong answer). 0 = off.",
+    )
 
     def __post_init__(self) -> None:
         _check(self.memory_per_relation >= 0, "method.memory_per_relation must be >= 0")
@@ -133,6 +139,7 @@ class MethodConfig:
         )
         _check(self.error_weight > 0, "method.error_weight must be > 0")
         _check(self.error_repeats >= 1, "method.error_repeats must be >= 1")
+        _check(self.rank_weight >= 0, "method.rank_weight must be >= 0")
         _check(self.error_fraction is None or 0 <= self.error_fraction < 1, "method.error_fraction must be in [0, 1)")
 
 

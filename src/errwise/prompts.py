@@ -23,6 +23,10 @@ class Example:
     kind: str = "plain"
     """plain | error | contrastive | ... (logged, so a run shows what it trained on)."""
     uid: str = ""
+    rejected: str = ""
+    """A wrong answer (e.g. the model's own error) for the pairwise ranking objective; "" = none."""
+    rank_weight: float = 0.0
+    """Weight of that objective, -log sigmoid(log p(answer) - log p(rejected)) over summed answer log-probs."""
 
 
 def _describe(inst: RelationInstance) -> str:

@@ -63,8 +63,8 @@ def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "answer_width": answer_width}
 
 
-def example_losses(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean answer-token cross-entropy of each example, (batch,).
+def answer_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer-token negative log-likelihood of each row and its number of answer tokens, (batch,) each.
 
     The vocabulary projection (a fifth of a 135M model's FLOPs) and the softmax run on the answer positions
     only (`logits_to_keep`), which leaves the loss unchanged and cuts a CPU step by about a quarter."""
@@ -76,8 +76,19 @@ def example_losses(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> to
     ).logits  # (batch, keep, vocab)
     logits, labels = logits[:, :-1].float(), batch["labels"][:, -keep + 1 :]  # position t predicts token t+1
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-    n = (labels != -100).sum(1).clamp(min=1)
-    return nll.sum(1) / n
+    return nll.sum(1), (labels != -100).sum(1).clamp(min=1)
+
+
+def example_losses(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean answer-token cross-entropy of each example, (batch,)."""
+    total, n = answer_nll(model, batch)
+    return total / n
+
+
+def rank_losses(nll_answer: torch.Tensor, nll_rejected: torch.Tensor) -> torch.Tensor:
+    """Pairwise ranking loss -log sigmoid(log p(answer) - log p(rejected)) on summed answer log-probabilities:
+    the score prediction ranks candidates by (`score="sum"`), so a positive margin is a corrected answer."""
+    return torch.nn.functional.softplus(nll_answer - nll_rejected)
 
 
 def step_budget(n_examples: int, epochs: float, batch_size: int) -> int:
@@ -113,6 +124,12 @@ def train(
     rng = random.Random(seed)
     encoded = [encode(tok, ex, max_length) for ex in examples]
     weights = torch.tensor([ex.weight for ex in examples])
+    # Examples with a rejected answer also run prompt + rejected answer in the same forward (ranking objective).
+    rejected = {
+        i: encode(tok, Example(ex.prompt, ex.rejected), max_length)
+        for i, ex in enumerate(examples)
+        if ex.rejected and ex.rank_weight > 0
+    }
     steps = max_steps or step_budget(len(examples), epochs, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -134,20 +151,28 @@ def train(
             batches = bucketed_batches([len(ids) for ids, _ in encoded], batch_size, rng)
         idx = batches.pop()
         local, w = idx[rank::world], weights[idx[rank::world]]
-        if not local:  # fewer examples than processes: a zero-weight stand-in keeps the all-reduce in step
+        stand_in = not local
+        if stand_in:  # fewer examples than processes: a zero-weight stand-in keeps the all-reduce in step
             local, w = idx[:1], torch.zeros(1)
-        batch = collate([encoded[i] for i in local], tok.pad_token_id)
+        pairs = [] if stand_in else [j for j, i in enumerate(local) if i in rejected]
+        rows = [encoded[i] for i in local] + [rejected[local[j]] for j in pairs]
+        batch = collate(rows, tok.pad_token_id)
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        losses = example_losses(net, batch)  # (local batch,)
+        nll, n = answer_nll(net, batch)  # (rows,)
+        losses = nll[: len(local)] / n[: len(local)]  # mean answer-token cross-entropy per example
         # The weighted mean over the global batch; DDP averages gradients over processes, hence `* world`.
-        loss = (losses * w.to(device)).sum() * world / len(idx)
+        loss = (losses * w.to(device)).sum()
+        if pairs:
+            rank_w = torch.tensor([examples[local[j]].rank_weight for j in pairs], device=device)
+            loss = loss + (rank_losses(nll[pairs], nll[len(local) :]) * rank_w).sum()
+        loss = loss * world / len(idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         total_loss += distributed.all_sum(loss.item()) / world
-        tokens += int(distributed.all_sum(int(batch["attention_mask"].sum()) if w.any() else 0))
+        tokens += int(distributed.all_sum(0 if stand_in else int(batch["attention_mask"].sum())))
         bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
     model.eval()
     return TrainStats(steps, len(examples), tokens, total_loss / steps, kinds)

@@ -6,11 +6,14 @@ recorded in `error_cases/task_XX.jsonl`. Dual-task fine-tuning: correct cases ge
 error cases get the plain instruction (weighted) *and* an instruction that confronts the model's wrong
 answer. Instruction-based contrastive tuning: each error case is also put beside memory instances of the
 relation it was confused with, with the relations' descriptions, and the model is asked to tell them apart.
+Optionally (`rank_weight`) each error case also gets a pairwise ranking loss against its own wrong answer in
+the plain instruction: contrastive tuning in the very format and score the model is tested with.
 Every part is switchable (MethodConfig) for the ablations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -74,7 +77,8 @@ class Errwise:
                 base.append(ctx.plain(x, kind=kind))
                 continue
             gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
-            base.append(ctx.plain(x, kind=kind + "-error", weight=c.error_weight))
+            err = ctx.plain(x, kind=kind + "-error", weight=c.error_weight)
+            base.append(dataclasses.replace(err, rejected=wrong.name, rank_weight=c.rank_weight))
             for _ in range(c.error_repeats - 1):
                 out.append(ctx.plain(x, kind=kind + "-error", weight=c.error_weight))
             if c.confront_error:
