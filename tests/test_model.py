@@ -43,25 +43,101 @@ def reference_scores(model, tok, prompts, names, mean=False):
     return out
 
 
-@pytest.mark.parametrize("score", ["sum", "mean"])
-def test_scoring_matches_reference(tiny, score):
+# Names sharing token prefixes, some a prefix of another's name tokens ("member" / "member of"): a deep trie.
+SHARED = [
+    "country of citizenship",
+    "member of political party",
+    "country",
+    "member",
+    "participant of",
+    "member of",
+    "country of origin",
+    "participant",
+    "part of",
+    "located in the administrative territorial entity",
+    "located in or next to body of water",
+    "location",
+]
+
+
+def encode_prompts(tok, sentences):
+    return [tok(f"Sentence: {s}\nRelation:")["input_ids"] for s in sentences]
+
+
+def test_label_trie_holds_every_label_once(tiny):
     model, tok = tiny
-    prompts = [tok(f"Sentence: {s}\nRelation:")["input_ids"] for s in SENTENCES]
-    labels = build_labels(tok, NAMES)
-    ref = reference_scores(model, tok, prompts, NAMES, mean=score == "mean")
+    labels = build_labels(tok, SHARED)
+    seqs = [label_ids(tok, n) for n in SHARED]
+    prefixes = {tuple(s[:k]) for s in seqs for k in range(1, len(s) + 1)}
+    assert len(labels.token) == len(prefixes) < sum(map(len, seqs))  # shared prefixes are stored once
+    for c, s in enumerate(seqs):
+        path, n = [], int(labels.leaf[c])
+        while n >= 0:  # walk up from the leaf: the label's tokens, and every ancestor flagged
+            path.append(int(labels.token[n]))
+            assert labels.ancestor[int(labels.leaf[c]), n] == (n != int(labels.leaf[c]))
+            n = int(labels.parent[n])
+        assert path[::-1] == s and int(labels.depth[labels.leaf[c]]) == len(s)
+        assert not labels.inner[labels.leaf[c]]  # labels end with the end token: a leaf is never inner
+    assert labels.ancestor.sum(1).tolist() == (labels.depth - 1).tolist()
+    member = label_ids(tok, "member")[:-1]
+    assert label_ids(tok, "member of")[: len(member)] == member  # the name tokens are a prefix
+
+
+@pytest.mark.parametrize("score", ["sum", "mean"])
+@pytest.mark.parametrize("names", [NAMES, SHARED], ids=["names", "shared-prefixes"])
+def test_scoring_matches_reference(tiny, score, names):
+    model, tok = tiny
+    # Prompts of different lengths share a batch (left padding), one of them very short.
+    prompts = encode_prompts(tok, SENTENCES) + [tok("Relation:")["input_ids"]]
+    labels = build_labels(tok, names)
+    ref = reference_scores(model, tok, prompts, names, mean=score == "mean")
     pred_ex, scores_ex = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id, score=score, exhaustive=True)
     assert torch.allclose(scores_ex, ref, atol=1e-4)
     assert pred_ex.tolist() == ref.argmax(1).tolist()
-    pred, scores = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id, score=score)
+    for max_tokens, widths in ((2048, (4, 4, 16)), (3, (1,)), (64, (2, 3))):  # chunked rows, 1 node per round
+        pred, scores = score_candidates(
+            model,
+            prompts,
+            labels,
+            pad_id=tok.pad_token_id,
+            score=score,
+            max_tokens=max_tokens,
+            widths=widths,
+        )
+        assert pred.tolist() == pred_ex.tolist()
+        scored = torch.isfinite(scores)
+        assert scored[torch.arange(len(pred)), pred].all()
+        assert torch.allclose(scores[scored], ref[scored], atol=1e-4)
+        assert torch.allclose(scores[scored], scores_ex[scored], atol=1e-6)
+
+
+@pytest.mark.parametrize("score", ["sum", "mean"])
+def test_ties_go_to_the_lower_index(tiny, score):
+    """A model that predicts the uniform distribution: every token has the same log-prob, so labels of equal
+    length tie exactly (sum: the shortest ones win)."""
+    model, tok = tiny
+    prompts = encode_prompts(tok, SENTENCES[:3])
+    labels = build_labels(tok, SHARED)
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    try:
+        pred, _ = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id, score=score)
+        pred_ex, scores_ex = score_candidates(
+            model, prompts, labels, pad_id=tok.pad_token_id, score=score, exhaustive=True
+        )
+    finally:
+        handle.remove()
     assert pred.tolist() == pred_ex.tolist()
-    scored = torch.isfinite(scores)
-    assert torch.allclose(scores[scored], ref[scored], atol=1e-4)
+    if score == "sum":
+        shortest = min(range(len(SHARED)), key=lambda c: (int(labels.lengths[c]), c))
+        assert pred.tolist() == [shortest] * len(prompts)
+        tied = (labels.lengths == labels.lengths[shortest]).nonzero().squeeze(1)
+        assert len(tied) > 1 and (scores_ex[:, tied] == scores_ex[:, shortest : shortest + 1]).all()
 
 
 def test_pruning_skips_candidates_that_cannot_win(tiny):
     """With a label whose first token is near-certain, the pruned path scores few candidates."""
     model, tok = tiny
-    prompts = [tok(f"Sentence: {s}\nRelation:")["input_ids"] for s in SENTENCES]
+    prompts = encode_prompts(tok, SENTENCES)
     labels = build_labels(tok, NAMES)
     # Make the model strongly prefer the tokens of NAMES[2] ("employer" + end) by biasing the output layer.
     head = model.get_output_embeddings()
