@@ -219,7 +219,8 @@ def build_labels(tok: PreTrainedTokenizerBase, names: list[str]) -> Labels:
     ancestor = torch.zeros((len(node), len(node)), dtype=torch.bool)
     for s in seqs:
         for k in range(1, len(s) + 1):
-            max_len[node[tuple(s[:k])]] = max(int(max_len[node[tuple(s[:k])]]), len(s))
+            i = node[tuple(s[:k])]
+            max_len[i] = max(int(max_len[i]), len(s))
     for i, p in enumerate(prefixes):
         ancestor[i, [node[p[:k]] for k in range(1, len(p))]] = True
     return Labels(

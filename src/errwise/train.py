@@ -79,12 +79,6 @@ def answer_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[
     return nll.sum(1), (labels != -100).sum(1).clamp(min=1)
 
 
-def example_losses(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean answer-token cross-entropy of each example, (batch,)."""
-    total, n = answer_nll(model, batch)
-    return total / n
-
-
 def rank_losses(nll_answer: torch.Tensor, nll_rejected: torch.Tensor) -> torch.Tensor:
     """Pairwise ranking loss -log sigmoid(log p(answer) - log p(rejected)) on summed answer log-probabilities:
     the score prediction ranks candidates by (`score="sum"`), so a positive margin is a corrected answer."""
