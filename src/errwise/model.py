@@ -8,7 +8,9 @@ prefixes that cannot lead to the winner (see `score_candidates`).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import itertools
 import os
 from dataclasses import dataclass
@@ -247,6 +249,22 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+@functools.cache
+def _cache_kwarg(model_type: type) -> str:
+    """The forward's name for the KV cache: `cache` in recent transformers, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model_type.forward).parameters else "past_key_values"
+
+
+def _forward_with_cache(model: PreTrainedModel, cache: DynamicCache | None, **kw: object):
+    """Run the model with `use_cache=True` (and `cache` fed, if given); returns (output, its cache)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if cache is not None:
+        kw[_cache_kwarg(type(base))] = cache
+    out = model(use_cache=True, **kw)
+    new = getattr(out, "cache", None)
+    return out, (new if new is not None else out.past_key_values)
+
+
 class _TreeCache:
     """Keys/values of the prompts, and per prompt those of the trie nodes fed so far, in the order fed.
 
@@ -304,19 +322,19 @@ class _TreeCache:
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(allowed.shape, dtype=dtype, device=nodes.device)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        out = model(
+        out, new = _forward_with_cache(
+            model,
+            cache,
             input_ids=self.token[nodes_x],
             attention_mask=mask[:, None],
             position_ids=self.prompt_len[rows, None] + self.depth[nodes_x] - 1,
-            past_key_values=cache,
-            use_cache=True,
         )
         # Keep the new nodes' keys/values, packed after the row's earlier ones (padding is dropped).
         valid = nodes >= 0
         r, q = valid.nonzero(as_tuple=True)
         dest = self.used[rows][r] + valid.cumsum(1)[r, q] - 1
         self._grow(int(dest.max()) + 1)
-        for layer, (k, v) in zip(out.past_key_values.layers, self.kv):
+        for layer, (k, v) in zip(new.layers, self.kv):
             k[rows[r], :, P + dest] = layer.keys[r, :, P + w + q]
             v[rows[r], :, P + dest] = layer.values[r, :, P + w + q]
         self.node_of[rows[r], dest] = nodes[r, q]
@@ -358,9 +376,11 @@ def score_candidates(
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    out, cache = _forward_with_cache(
+        model, None, input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+    )
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-    tree = _TreeCache(out.past_key_values, mask, labels, pad_id)
+    tree = _TreeCache(cache, mask, labels, pad_id)
     token, parent, inner, leaf = (t.to(device) for t in (labels.token, labels.parent, labels.inner, labels.leaf))
     lengths, max_len = labels.lengths.to(device).float(), labels.max_len.to(device).float()
     B, N = len(prompts), len(token)
