@@ -75,20 +75,23 @@ def main() -> None:
     ap.add_argument("--eval-batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--adapter", default=None, help="a LoRA checkpoint (run/checkpoints/task_XX): a trained model")
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak (default: known GPUs)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device()
-    dtype = pick_dtype("auto", device)
+    dtype = pick_dtype(args.dtype, device)
     tok = load_tokenizer(args.model)
     if args.random_init:
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from errwise.model import prepare_model, resolve_model_path
+        from errwise.model import pick_attention, prepare_model, resolve_model_path
 
         cfg = AutoConfig.from_pretrained(resolve_model_path(args.model))
-        model = prepare_model(AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device), lora=True)
+        attn = pick_attention(device, dtype)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+        model = prepare_model(model.to(device), lora=True)
     else:
         adapter = Path(args.adapter) if args.adapter else None
         model = load_model(args.model, device=device, dtype=dtype, lora=True, adapter=adapter)
@@ -98,7 +101,7 @@ def main() -> None:
     print(
         f"model {args.model}{' (random init)' if args.random_init else ''}"
         f"{f' + adapter {args.adapter}' if args.adapter else ''} on {device} {dtype}, "
-        f"{torch.get_num_threads()} threads"
+        f"{model.config._attn_implementation} attention, {torch.get_num_threads()} threads"
     )
 
     # Training throughput: the plain instruction on FewRel sentences.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from errwise.model import build_labels, label_ids, score_candidates
+from errwise.model import build_labels, label_ids, load_model, pick_attention, score_candidates
 
 NAMES = [
     "place of birth",
@@ -83,10 +83,16 @@ def test_label_trie_holds_every_label_once(tiny):
     assert label_ids(tok, "member of")[: len(member)] == member  # the name tokens are a prefix
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])  # eager: what bf16 on CPU uses (pick_attention)
 @pytest.mark.parametrize("score", ["sum", "mean"])
 @pytest.mark.parametrize("names", [NAMES, SHARED], ids=["names", "shared-prefixes"])
-def test_scoring_matches_reference(tiny, score, names):
+def test_scoring_matches_reference(tiny, tiny_model_dir, score, names, attn):
     model, tok = tiny
+    if attn != "sdpa":
+        model = load_model(
+            str(tiny_model_dir), device=torch.device("cpu"), dtype=torch.float32, lora=False, attn_implementation=attn
+        ).eval()
+    assert model.config._attn_implementation == attn
     # Prompts of different lengths share a batch (left padding), one of them very short.
     prompts = encode_prompts(tok, SENTENCES) + [tok("Relation:")["input_ids"]]
     labels = build_labels(tok, names)
@@ -109,6 +115,33 @@ def test_scoring_matches_reference(tiny, score, names):
         assert scored[torch.arange(len(pred)), pred].all()
         assert torch.allclose(scores[scored], ref[scored], atol=1e-4)
         assert torch.allclose(scores[scored], scores_ex[scored], atol=1e-6)
+
+
+def test_vocabulary_projection_gets_a_contiguous_input(tiny):
+    """With `logits_to_keep` the model slices the hidden states; the head must get a contiguous copy (on a
+    strided view a CPU linear layer copies the whole weight once per row)."""
+    model, _ = tiny
+    seen = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _, a: seen.append(a[0].is_contiguous()))
+    try:
+        with torch.no_grad():
+            logits = model(torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9]]), logits_to_keep=2).logits
+    finally:
+        handle.remove()
+    assert seen == [True] and logits.shape[1] == 2
+
+
+def test_bf16_on_cpu_uses_eager_attention_and_trains(tiny_model_dir):
+    cpu = torch.device("cpu")
+    assert pick_attention(cpu, torch.float32) == "sdpa" and pick_attention(cpu, torch.bfloat16) == "eager"
+    model = load_model(str(tiny_model_dir), device=cpu, dtype=torch.bfloat16, lora=True)
+    assert model.config._attn_implementation == "eager"
+    assert next(model.parameters()).dtype == torch.bfloat16
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 @pytest.mark.parametrize("score", ["sum", "mean"])
