@@ -20,8 +20,9 @@ from errwise.config import (
     RunConfig,
     TrainConfig,
 )
+from errwise.errors import ErrwiseError
 from errwise.methods import METHODS
-from errwise.run import run
+from errwise.run import make_stream, run
 
 
 def tiny_config(model_dir, out, method="replay", **method_kw) -> RunConfig:
@@ -214,6 +215,23 @@ def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
     assert [r["accuracy_row"] for r in a] == [r["accuracy_row"] for r in b]
     assert [round(r["train_loss"], 5) for r in a] == [round(r["train_loss"], 5) for r in b]
+
+
+def test_eval_split_val_scores_the_validation_instances(tiny_model_dir, tmp_path):
+    """Hyperparameters can be chosen without the test set: `eval.split val` predicts each seen task's val."""
+    cfg = tiny_config(tiny_model_dir, tmp_path / "val")
+    data = dataclasses.replace(cfg.data, num_tasks=2, val_size=3, max_val=2)
+    cfg = dataclasses.replace(cfg, data=data, eval=dataclasses.replace(cfg.eval, split="val"))
+    out = run(cfg)
+    stream = make_stream(cfg)
+    for i in range(2):
+        uids = [p["uid"] for p in read_jsonl(out / "predictions" / f"task_{i:02d}.jsonl")]
+        assert uids == [x.uid for t in stream.tasks[: i + 1] for x in t.val]
+        assert len(uids) == 2 * 2 * (i + 1)  # max_val 2 per relation, 2 relations per task
+        assert not set(uids) & {x.uid for t in stream.tasks for x in (*t.train, *t.test)}
+    no_val = dataclasses.replace(cfg, data=dataclasses.replace(data, val_size=0), output_dir=str(tmp_path / "x"))
+    with pytest.raises(ErrwiseError, match="data.val_size"):
+        run(no_val)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -78,6 +78,7 @@ def test_fewrel_split_counts_and_prefix_caps():
     assert train + val + test == shuffled  # the CRE codebases' order: train, val, test
     small = split_relation(xs, seed=2021, **{**FEWREL_SPLIT, "max_train": 16, "max_test": 10})
     assert small == (train[:16], val, test[:10])  # a reduced setting is a subset of the standard split
+    assert split_relation(xs, seed=2021, **FEWREL_SPLIT, max_val=5) == (train, val[:5], test)
     assert xs == instances("P1", 700)  # the input is not shuffled in place
 
 

@@ -44,6 +44,7 @@ class DataConfig:
     test_size: int = _f(10, "Test instances per relation (FewRel 140; TACRED cap 40).")
     max_train: int | None = _f(None, "Keep only the first N training instances per relation (reduced setting).")
     max_test: int | None = _f(None, "Keep only the first N test instances per relation (reduced setting).")
+    max_val: int | None = _f(None, "Keep only the first N validation instances per relation (reduced setting).")
     split_seed: int | None = _f(None, "Seed of the per-relation split (None = 2021 + 100*order, as CRE codebases).")
 
     def __post_init__(self) -> None:
@@ -195,9 +196,11 @@ class EvalConfig:
     batch_size: int = _f(16, "Instances per prediction batch.")
     list_candidates: bool = _f(False, "List the candidate relations in the prompt (measured: see README).")
     score: str = _f("sum", "Candidate score: `sum` of label-token log-probs (+ end token) or length-`mean`.")
+    split: str = _f("test", "Evaluate on `test`, or on `val` to choose hyperparameters without the test set.")
 
     def __post_init__(self) -> None:
         _check(self.score in ("sum", "mean"), f"eval.score must be sum or mean, got {self.score!r}")
+        _check(self.split in ("test", "val"), f"eval.split must be test or val, got {self.split!r}")
 
 
 @dataclass(frozen=True)

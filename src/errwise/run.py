@@ -47,6 +47,7 @@ def make_stream(cfg: RunConfig) -> TaskStream:
         test_size=d.test_size,
         max_train=d.max_train,
         max_test=d.max_test,
+        max_val=d.max_val,
         split_seed=d.split_seed,
     )
 
@@ -110,6 +111,11 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     main = distributed.is_main()  # only process 0 writes the run folder; the others write to a scratch folder
     method_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"errwise-rank{distributed.rank()}-"))
     stream = make_stream(cfg)
+    if cfg.eval.split == "val" and not any(t.val for t in stream.tasks):
+        raise ErrwiseError(
+            f"eval.split is val but the {cfg.data.split} split of {cfg.data.dataset} holds no validation "
+            "instances; set data.val_size > 0 (fewrel split) or evaluate with eval.split test"
+        )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
@@ -222,7 +228,8 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             phases["consolidate"] = time.time() - t
 
         t = time.time()
-        test = [x for t_ in stream.tasks[: task.index + 1] for x in t_.test]
+        # The test instances of every seen task (`eval.split val`: their validation instances instead).
+        test = [x for t_ in stream.tasks[: task.index + 1] for x in (t_.val if cfg.eval.split == "val" else t_.test)]
         preds = predict_seen(test, desc=f"T{task.index + 1} eval")
         rows = [
             {

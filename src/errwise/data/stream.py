@@ -76,13 +76,14 @@ def split_relation(
     test_size: int,
     max_train: int | None,
     max_test: int | None,
+    max_val: int | None = None,
 ) -> tuple[list[RelationInstance], list[RelationInstance], list[RelationInstance]]:
     """Train, val and test instances of one relation.
 
     The CRE codebases re-seed before each relation's shuffle, so every relation is shuffled with `seed`.
     `split="fewrel"`: the first train_size are train, the next val_size val, the next test_size test.
     `split="tacred"`: the first min(len//5, test_size) are test, the rest train (at most train_size), no val.
-    `max_train`/`max_test` keep a prefix, so a reduced setting is a subset of the standard split.
+    `max_train`/`max_val`/`max_test` keep a prefix, so a reduced setting is a subset of the standard split.
     """
     items = list(instances)
     random.Random(seed).shuffle(items)
@@ -114,6 +115,8 @@ def split_relation(
         raise ErrwiseError(f"unknown split {split!r}; use `fewrel` or `tacred`")
     if max_train is not None:
         train = train[:max_train]
+    if max_val is not None:
+        val = val[:max_val]
     if max_test is not None:
         test = test[:max_test]
     return train, val, test
@@ -145,6 +148,7 @@ def build_stream(
     max_train: int | None,
     max_test: int | None,
     split_seed: int | None,
+    max_val: int | None = None,
     id2rel: Sequence[str] | None = None,
 ) -> TaskStream:
     """The first `num_tasks` tasks (None = all complete ones) of standard order `order` over `id2rel`.
@@ -191,6 +195,7 @@ def build_stream(
                 test_size=test_size,
                 max_train=max_train,
                 max_test=max_test,
+                max_val=max_val,
             )
             train += tr
             val += va
