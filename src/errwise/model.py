@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import itertools
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,16 +159,18 @@ def prepare_model(
         return model
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    if adapter is not None:
-        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    config = LoraConfig(
-        r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=lora_targets,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # PEFT reads transformers' deprecated alias; nothing for a user to act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        if adapter is not None:
+            return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        config = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=lora_targets,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
 
 
 def _contiguous_head_input(model: PreTrainedModel) -> None:
