@@ -179,9 +179,8 @@ def _contiguous_head_input(model: PreTrainedModel) -> None:
     over a copy of the whole weight per row (CPU: 8 x 576 x 49,152 values for SmolLM2 at batch 8, a quarter of
     a bf16 LoRA step). A copy of the few kept positions is cheap; the values are unchanged."""
     head = model.get_output_embeddings()
-    if head is not None and not getattr(head, "_errwise_contiguous", False):
+    if head is not None:  # prepare_model runs once per loaded model, so the hook is registered once
         head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
-        head._errwise_contiguous = True
 
 
 def save_checkpoint(model: PreTrainedModel, path: Path) -> None:
