@@ -121,6 +121,12 @@ class MethodConfig:
     memory_errors: bool = _f(
         True, "errwise: also mine error cases from the replay memory (False: memory is replayed plainly)."
     )
+    error_scope: str = _f(
+        "all",
+        "errwise: which wrong initial answers count as error cases. `all`: every one; `learned`: only answers naming "
+        "a relation the model was already trained on (an earlier task's, or any seen relation in the consolidation "
+        "round); a new instance mistaken for another new relation, never taught, is trained as a correct case.",
+    )
     contrastive: bool = _f(True, "errwise: add instruction-based contrastive examples for error cases.")
     contrastive_with_memory: bool = _f(True, "errwise: show instances of the confused relation from memory.")
     contrastive_shots: int = _f(1, "errwise: instances of the confused relation shown per contrastive example.")
@@ -141,6 +147,9 @@ class MethodConfig:
         _check(self.error_weight > 0, "method.error_weight must be > 0")
         _check(self.error_repeats >= 1, "method.error_repeats must be >= 1")
         _check(self.rank_weight >= 0, "method.rank_weight must be >= 0")
+        _check(
+            self.error_scope in ("all", "learned"), f"method.error_scope must be all or learned, got {self.error_scope!r}"
+        )
         _check(self.error_fraction is None or 0 <= self.error_fraction < 1, "method.error_fraction must be in [0, 1)")
 
 

@@ -8,7 +8,9 @@ answer. Instruction-based contrastive tuning: each error case is also put beside
 relation it was confused with, with the relations' descriptions, and the model is asked to tell them apart.
 Optionally (`rank_weight`) each error case also gets a pairwise ranking loss against its own wrong answer in
 the plain instruction: contrastive tuning in the very format and score the model is tested with.
-Every part is switchable (MethodConfig) for the ablations.
+With `error_scope` learned, only a wrong answer naming a relation the model was already trained on makes an
+error case (on a new task the model has never been taught the new relations, so mistaking one for another is
+no learned bias to correct). Every part is switchable (MethodConfig) for the ablations.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Errwise:
         (ctx.run_dir / "error_cases" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def training_examples(self, ctx: TaskContext) -> list[Example]:
-        return self._examples(ctx, self.cases, random.Random(ctx.cfg.train.seed + ctx.task.index))
+        learned = {r.id for r in ctx.seen} - set(ctx.task.relations)
+        return self._examples(ctx, self.cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index))
 
     def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
         """The memory of every seen relation (this task's included), answered by the model after the first
@@ -61,9 +64,12 @@ class Errwise:
         same error-focused treatment as the initial errors, in a short class-balanced round."""
         cases = self._responses(ctx, [("memory", ctx.memory_instances())], "consolidation")
         self._record(ctx, cases, f"task_{ctx.task.index:02d}_consolidation.jsonl")
-        return self._examples(ctx, cases, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))
+        learned = {r.id for r in ctx.seen}  # this task's relations have been trained on by now
+        return self._examples(ctx, cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))
 
-    def _examples(self, ctx: TaskContext, cases, rng: random.Random) -> list[Example]:
+    def _examples(self, ctx: TaskContext, cases, learned: set[str], rng: random.Random) -> list[Example]:
+        """`learned`: relations the model has been trained on; with error_scope `learned` only a wrong answer
+        naming one of them makes an error case (a confusion the model learned, not one it was never taught)."""
         c = self.cfg
         by_rel: dict[str, list[RelationInstance]] = {r: list(xs) for r, xs in ctx.memory.items()}
         for x in ctx.task.train:
@@ -73,7 +79,7 @@ class Errwise:
         out: list[Example] = []  # the error-focused examples
         for x, source, pred in cases:
             kind = "plain" if source == "train" else "memory"
-            if pred == x.relation:
+            if pred == x.relation or (c.error_scope == "learned" and pred not in learned):
                 base.append(ctx.plain(x, kind=kind))
                 continue
             gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
