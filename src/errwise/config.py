@@ -148,7 +148,8 @@ class MethodConfig:
         _check(self.error_repeats >= 1, "method.error_repeats must be >= 1")
         _check(self.rank_weight >= 0, "method.rank_weight must be >= 0")
         _check(
-            self.error_scope in ("all", "learned"), f"method.error_scope must be all or learned, got {self.error_scope!r}"
+            self.error_scope in ("all", "learned"),
+            f"method.error_scope must be all or learned, got {self.error_scope!r}",
         )
         _check(self.error_fraction is None or 0 <= self.error_fraction < 1, "method.error_fraction must be in [0, 1)")
 
