@@ -116,25 +116,25 @@ def test_errwise_without_memory_errors_still_replays_the_memory(tiny_model_dir, 
     assert kinds.get("memory", 0) == 4 and "memory-error" not in kinds
 
 
-def test_errwise_error_scope_learned_keeps_only_confusions_with_trained_relations(tiny_model_dir, tmp_path):
-    """error_scope learned: a wrong initial answer makes an error case only when it names a relation of an
-    earlier task; a new instance mistaken for another new relation is trained like a correct case."""
+def test_errwise_error_scope_learned_keeps_only_errors_on_trained_relations(tiny_model_dir, tmp_path):
+    """error_scope learned: a wrong initial answer makes an error case only on an instance of a relation of an
+    earlier task (the memory); the new task's instances, never taught, are trained like correct cases."""
     out = run(tiny_config(tiny_model_dir, tmp_path / "scope", "errwise", error_fraction=None, error_scope="learned"))
     lines = read_jsonl(out / "metrics.jsonl")
     first = read_jsonl(out / "error_cases" / "task_00.jsonl")
     assert any(not r["correct"] for r in first)  # errors were made, yet none is treated as one: nothing learned
     assert set(lines[0]["train_kinds"]) == {"plain"}
-    n_learned = n_untaught = 0
+    n_old = n_new = 0
     for t in (1, 2):
         rows = read_jsonl(out / "error_cases" / f"task_{t:02d}.jsonl")
         old = {r for line in lines[:t] for r in line["relations"]}
-        learned = sum(not r["correct"] and r["pred"] in old for r in rows)
-        n_learned, n_untaught = n_learned + learned, n_untaught + sum(not r["correct"] for r in rows) - learned
+        assert all((r["source"] == "memory") == (r["gold"] in old) for r in rows)
+        errors = sum(not r["correct"] and r["gold"] in old for r in rows)
+        n_old, n_new = n_old + errors, n_new + sum(not r["correct"] and r["gold"] not in old for r in rows)
         kinds = lines[t]["train_kinds"]
-        assert kinds.get("error", 0) == kinds.get("contrastive", 0) == learned
-        assert sum(kinds.get(k, 0) for k in ("plain-error", "memory-error")) == learned
-        assert sum(kinds.get(k, 0) for k in ("plain", "memory")) == len(rows) - learned
-    assert n_learned and n_untaught  # both kinds occurred, so the counts above tell the scopes apart
+        assert kinds.get("error", 0) == kinds.get("contrastive", 0) == kinds.get("memory-error", 0) == errors
+        assert "plain-error" not in kinds and kinds["plain"] == sum(r["source"] == "train" for r in rows)
+    assert n_old and n_new  # both kinds occurred, so the counts above tell the scopes apart
     with pytest.raises(ErrwiseError, match="error_scope"):
         MethodConfig(error_scope="new")
 

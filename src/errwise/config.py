@@ -123,9 +123,10 @@ class MethodConfig:
     )
     error_scope: str = _f(
         "all",
-        "errwise: which wrong initial answers count as error cases. `all`: every one; `learned`: only answers naming "
-        "a relation the model was already trained on (an earlier task's, or any seen relation in the consolidation "
-        "round); a new instance mistaken for another new relation, never taught, is trained as a correct case.",
+        "errwise: which wrong initial answers count as error cases. `all`: every one; `learned`: only those on an "
+        "instance of a relation the model was already trained on (memory instances; in the consolidation round "
+        "every seen relation's). A new task's instances, wrong mostly because their relations were never taught, "
+        "are then trained like correct cases.",
     )
     contrastive: bool = _f(True, "errwise: add instruction-based contrastive examples for error cases.")
     contrastive_with_memory: bool = _f(True, "errwise: show instances of the confused relation from memory.")

@@ -8,9 +8,10 @@ answer. Instruction-based contrastive tuning: each error case is also put beside
 relation it was confused with, with the relations' descriptions, and the model is asked to tell them apart.
 Optionally (`rank_weight`) each error case also gets a pairwise ranking loss against its own wrong answer in
 the plain instruction: contrastive tuning in the very format and score the model is tested with.
-With `error_scope` learned, only a wrong answer naming a relation the model was already trained on makes an
-error case (on a new task the model has never been taught the new relations, so mistaking one for another is
-no learned bias to correct). Every part is switchable (MethodConfig) for the ablations.
+With `error_scope` learned, only a wrong answer on an instance of a relation the model was already trained on
+makes an error case: before training, a new task's instances are answered wrongly mostly because their
+relations were never taught (they get old relations' names), which is no learned bias to correct.
+Every part is switchable (MethodConfig) for the ablations.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ class Errwise:
         return self._examples(ctx, cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))
 
     def _examples(self, ctx: TaskContext, cases, learned: set[str], rng: random.Random) -> list[Example]:
-        """`learned`: relations the model has been trained on; with error_scope `learned` only a wrong answer
-        naming one of them makes an error case (a confusion the model learned, not one it was never taught)."""
+        """`learned`: relations the model has been trained on; with error_scope `learned` only a wrong answer on
+        an instance of one of them makes an error case (a relation the model was taught, yet got wrong)."""
         c = self.cfg
         by_rel: dict[str, list[RelationInstance]] = {r: list(xs) for r, xs in ctx.memory.items()}
         for x in ctx.task.train:
@@ -79,7 +80,7 @@ class Errwise:
         out: list[Example] = []  # the error-focused examples
         for x, source, pred in cases:
             kind = "plain" if source == "train" else "memory"
-            if pred == x.relation or (c.error_scope == "learned" and pred not in learned):
+            if pred == x.relation or (c.error_scope == "learned" and x.relation not in learned):
                 base.append(ctx.plain(x, kind=kind))
                 continue
             gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
