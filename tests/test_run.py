@@ -107,6 +107,18 @@ def test_errwise_caps_the_share_of_error_focused_examples(tiny_model_dir, tmp_pa
     assert focused == round(0.25 / 0.75 * 20)
 
 
+@pytest.mark.parametrize("upsample", [False, True])
+def test_errwise_error_fraction_is_a_cap_unless_upsampling(tiny_model_dir, tmp_path, upsample):
+    """Fewer error-focused examples than the share allows stay as they are (a lone error must not become a
+    dozen copies); error_upsample repeats them up to the share, the former behaviour."""
+    cfg = tiny_config(tiny_model_dir, tmp_path / "up", "errwise", error_fraction=0.9, error_upsample=upsample)
+    out = run(cfg)
+    kinds = read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]
+    n_err = sum(not r["correct"] for r in read_jsonl(out / "error_cases" / "task_01.jsonl"))
+    assert 0 < 2 * n_err < 180  # confront + contrastive per error, below the share 0.9 / 0.1 * 20
+    assert kinds.get("error", 0) + kinds.get("contrastive", 0) == (180 if upsample else 2 * n_err)
+
+
 def test_errwise_without_memory_errors_still_replays_the_memory(tiny_model_dir, tmp_path):
     out = run(tiny_config(tiny_model_dir, tmp_path / "cur", "errwise", memory_errors=False))
     kinds = read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]

@@ -115,8 +115,14 @@ class MethodConfig:
     error_repeats: int = _f(1, "errwise: copies of each error case in the plain instruction (1 = like replay).")
     error_fraction: float | None = _f(
         0.25,
-        "errwise: share of the training examples that are error-focused (confront, contrastive, extra copies), "
-        "the rest being every case once in the plain instruction; null = all error-focused examples, uncapped.",
+        "errwise: largest share of the training examples that are error-focused (confront, contrastive, extra "
+        "copies), the rest being every case once in the plain instruction; null = all error-focused examples, "
+        "uncapped.",
+    )
+    error_upsample: bool = _f(
+        False,
+        "errwise: when the error-focused examples are fewer than error_fraction, repeat them up to it (the behaviour "
+        "before 2026-11-29; a few errors then become many copies answering the same relations). False: a cap only.",
     )
     memory_errors: bool = _f(
         True, "errwise: also mine error cases from the replay memory (False: memory is replayed plainly)."

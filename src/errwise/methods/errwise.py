@@ -102,7 +102,12 @@ class Errwise:
             # every training instance is an initial error (the model has never answered its relations), so
             # without a cap the plain instruction the model is tested with gets a third of replay's passes.
             n = round(c.error_fraction / (1 - c.error_fraction) * len(base))
-            out = out * (n // len(out)) + rng.sample(out, n % len(out))
+            if len(out) > n:
+                out = rng.sample(out, n)
+            elif c.error_upsample:
+                # Few errors repeated up to the share: a lone error of the consolidation round became a dozen
+                # examples answering its relation, which the model then over-predicted (see README).
+                out = out * (n // len(out)) + rng.sample(out, n % len(out))
         return base + out
 
     def end_task(self, ctx: TaskContext) -> None:
