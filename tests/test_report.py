@@ -130,6 +130,10 @@ def test_orders_and_seeds_group_together_other_differences_name_the_group(tmp_pa
     assert "(baseline)" in compare_table([r0, r1, r3], baseline="replay (train.epochs=3.0)")
     text = write_report([r0, r3, ft], tmp_path / "report").read_text()  # two replays: no comparison section
     assert "| replay (train.epochs=3.0) |" in text and "Compared with replay" not in text
+    merged = group_runs([load_run(p) for p in (r1, r3, ft)], ignore=["train.epochs"])
+    assert {k: [r.path.name for r in v] for k, v in merged.items()} == {"replay": ["c", "b"], "finetune": ["d"]}
+    with pytest.raises(ErrwiseError, match="--ignore train.epoch: no run's config.yaml has this key"):
+        group_runs([load_run(r0)], ignore=["train.epoch"])
 
 
 def test_the_command_hint_uses_a_glob_only_when_it_matches_exactly_the_runs(runs):

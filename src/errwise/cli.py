@@ -58,7 +58,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from errwise.report import write_report
 
     out = Path(args.out) if args.out else Path(args.runs[0]) / "report" if len(args.runs) == 1 else Path("report")
-    path = write_report([Path(r) for r in args.runs], out)
+    path = write_report([Path(r) for r in args.runs], out, ignore=args.ignore)
     print(f"wrote {path}")
     print(path.read_text().split("\n## ")[0] if args.quiet else path.read_text())
 
@@ -66,7 +66,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from errwise.report import compare_table
 
-    print(compare_table([Path(r) for r in args.runs], baseline=args.baseline))
+    print(compare_table([Path(r) for r in args.runs], baseline=args.baseline, ignore=args.ignore))
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -84,9 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("runs", nargs="+", help="run folders (several orders of one config are averaged)")
     rp.add_argument("--out", help="output folder (default RUN/report, or ./report for several runs)")
     rp.add_argument("--quiet", action="store_true", help="print only the first section")
+    rp.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a config key (e.g. data.max_val) whose values do not split runs into groups; repeatable",
+    )
     cp = sub.add_parser("compare", help="methods side by side: mean +- std over orders, paired test")
     cp.add_argument("runs", nargs="+")
     cp.add_argument("--baseline", default="replay")
+    cp.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a config key (e.g. data.max_val) whose values do not split runs into groups; repeatable",
+    )
     sub.add_parser("methods", help="list the registered continual methods")
     args = parser.parse_args(argv)
     try:

@@ -116,13 +116,18 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def group_runs(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
-    """Group runs whose configs are equal but for RUN_KEYS, in order of first appearance; runs in a group
-    are sorted by (order, seed). Labels are method names, with the differing config keys added where two
-    groups share a method name: "replay (train.epochs=3)"."""
+def group_runs(runs: Sequence[RunResult], ignore: Sequence[str] = ()) -> dict[str, list[RunResult]]:
+    """Group runs whose configs are equal but for RUN_KEYS and `ignore` (config keys the caller knows do not
+    change the results compared, e.g. data.max_val for test-set runs), in order of first appearance; runs in
+    a group are sorted by (order, seed). Labels are method names, with the differing config keys added where
+    two groups share a method name: "replay (train.epochs=3)"."""
+    flats_by_run = [_flatten(run.config) for run in runs]
+    for key in ignore:
+        if not any(key in f for f in flats_by_run):
+            raise ErrwiseError(f"--ignore {key}: no run's config.yaml has this key (keys look like train.epochs)")
     by_key: dict[str, list[RunResult]] = {}
-    for run in runs:
-        flat = {k: v for k, v in _flatten(run.config).items() if k not in RUN_KEYS}
+    for run, flat in zip(runs, flats_by_run):
+        flat = {k: v for k, v in flat.items() if k not in RUN_KEYS and k not in ignore}
         by_key.setdefault(json.dumps(flat, sort_keys=True, default=str), []).append(run)
     flats = {key: json.loads(key) for key in by_key}
     out: dict[str, list[RunResult]] = {}
@@ -381,10 +386,11 @@ def helper_cost_table(groups: dict[str, list[RunResult]]) -> str:
     return "### Instructor / distiller cost (summed over orders and tasks)\n\n" + table
 
 
-def compare_table(run_dirs: Sequence[Path], baseline: str = "replay") -> str:
+def compare_table(run_dirs: Sequence[Path], baseline: str = "replay", ignore: Sequence[str] = ()) -> str:
     """Markdown: methods as rows, T1..Tn and final accuracy (mean±std over orders), and the final-accuracy
-    difference to `baseline` with a paired t-test over task orders; then error-case counts where recorded."""
-    groups = group_runs(_load_all(run_dirs))
+    difference to `baseline` with a paired t-test over task orders; then error-case counts where recorded.
+    `ignore`: config keys that do not split groups (see group_runs)."""
+    groups = group_runs(_load_all(run_dirs), ignore)
     table = _compare(groups, {label: group_stats(runs) for label, runs in groups.items()}, baseline)
     extra = [t for t in (error_case_table(groups), helper_cost_table(groups)) if t]
     return "\n\n".join([table, *extra])
@@ -462,10 +468,11 @@ def shell_runs(run_dirs: Sequence[Path]) -> str:
     return " ".join(shlex.quote(str(p)) for p in paths)
 
 
-def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
-    """Write `out_dir/report.md`, with `seen_accuracy.png` and `accuracy_matrix.png` beside it; its path."""
+def write_report(run_dirs: Sequence[Path], out_dir: Path, ignore: Sequence[str] = ()) -> Path:
+    """Write `out_dir/report.md`, with `seen_accuracy.png` and `accuracy_matrix.png` beside it; its path.
+    `ignore`: config keys that do not split groups (see group_runs)."""
     runs = _load_all(run_dirs)
-    groups = group_runs(runs)
+    groups = group_runs(runs, ignore)
     stats = {label: group_stats(g) for label, g in groups.items()}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
