@@ -267,6 +267,20 @@ def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
     return RunConfig(**kwargs)
 
 
+# Keys added after runs were saved whose default differs from what those runs did: a run folder's saved
+# config.yaml (which holds every key of its time) without the key ran with this value.
+_SAVED_BEFORE_KEY = {("method", "error_upsample"): True}
+
+
+def load_saved_config(path: str | Path) -> RunConfig:
+    """The config a run folder was run with (its config.yaml), including runs saved by older versions."""
+    d = load_yaml(path)
+    for (section, key), value in _SAVED_BEFORE_KEY.items():
+        if isinstance(d.get(section), dict) and d[section] and key not in d[section]:
+            d[section][key] = value
+    return from_dict(d, source=str(path))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 
 from errwise import metrics
-from errwise.config import from_dict, to_dict
+from errwise.config import load_saved_config, to_dict
 from errwise.errors import ErrwiseError
 
 # Keys that vary between the runs averaged into one group (the task order is the point of averaging).
@@ -81,8 +80,8 @@ def load_run(path: Path) -> RunResult:
             f"no metrics.jsonl in {path}: not an errwise run folder; pass the folder `errwise run` printed"
         )
     lines = [json.loads(s) for s in (path / "metrics.jsonl").read_text().splitlines() if s.strip()]
-    # Resolved through the dataclasses, so a run saved before a config section existed gets its defaults.
-    config = to_dict(from_dict(yaml.safe_load((path / "config.yaml").read_text()), str(path / "config.yaml")))
+    # Resolved through the dataclasses, so a run saved before a config key existed gets what it ran with.
+    config = to_dict(load_saved_config(path / "config.yaml"))
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     relations = json.loads((path / "relations.json").read_text())

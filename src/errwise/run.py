@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from errwise import distributed, metrics
-from errwise.config import RunConfig, from_dict, load_yaml, save_yaml, to_dict
+from errwise.config import RunConfig, load_saved_config, save_yaml, to_dict
 from errwise.data.formats import load_corpus
 from errwise.data.stream import build_stream
 from errwise.data.types import RelationInstance, TaskStream
@@ -67,7 +67,7 @@ def completed_tasks(run_dir: Path) -> list[dict]:
 def resume_config(run_dir: Path) -> RunConfig:
     if not (run_dir / "config.yaml").is_file():
         raise ErrwiseError(f"{run_dir} has no config.yaml: not an errwise run folder (pass a config file instead)")
-    return from_dict(load_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    return load_saved_config(run_dir / "config.yaml")
 
 
 def _comparable(cfg: RunConfig) -> dict:
