@@ -40,13 +40,23 @@ def test_cli_values_follow_declared_types():
         parse_value("train.nope", "1")
 
 
-@pytest.mark.parametrize("preset", ["fewrel", "tacred", "cpu_mini"])
+@pytest.mark.parametrize("preset", ["fewrel", "tacred", "cpu_mini", "cpu_mini_fit"])
 def test_presets_load(preset):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml"
     cfg = from_dict(load_yaml(path), source=str(path))
     assert cfg.data.dataset in ("fewrel", "tacred")
+
+
+def test_cpu_mini_fit_is_cpu_mini_with_the_documented_overrides():
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    fit = from_dict(load_yaml(configs / "cpu_mini_fit.yaml"))
+    mini = load_yaml(configs / "cpu_mini.yaml")
+    mini["train"].update(lr=1e-3, epochs=3.2, consolidate=0.25, budget="replay")
+    assert fit == from_dict(mini)
 
 
 def test_a_run_saved_before_error_upsample_existed_reads_as_upsampling(tmp_path):
