@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from errwise.config import RunConfig, from_dict, load_yaml, parse_value, to_dict
+from errwise.config import MethodConfig, RunConfig, from_dict, load_yaml, parse_value, to_dict
 from errwise.errors import ErrwiseError
 
 
@@ -64,12 +64,15 @@ def test_a_run_saved_before_error_upsample_existed_reads_as_upsampling(tmp_path)
     existed: a saved run config without the key must say what the run did (reports group runs by config)."""
     from errwise.config import load_saved_config, save_yaml
 
-    save_yaml(RunConfig(), tmp_path / "config.yaml")
+    save_yaml(RunConfig(method=MethodConfig(name="errwise")), tmp_path / "config.yaml")
     assert load_saved_config(tmp_path / "config.yaml").method.error_upsample is False
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     del saved["method"]["error_upsample"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert load_saved_config(tmp_path / "config.yaml").method.error_upsample is True
+    saved["method"]["name"] = "replay"  # the key never changed what replay did: it groups with new replay runs
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_saved_config(tmp_path / "config.yaml").method.error_upsample is False
     (tmp_path / "user.yaml").write_text("method:\n  name: errwise\n")  # a user's config: the default
     assert load_yaml(tmp_path / "user.yaml")["method"] == {"name": "errwise"}
     assert from_dict(load_yaml(tmp_path / "user.yaml")).method.error_upsample is False
