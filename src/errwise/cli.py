@@ -84,23 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("runs", nargs="+", help="run folders (several orders of one config are averaged)")
     rp.add_argument("--out", help="output folder (default RUN/report, or ./report for several runs)")
     rp.add_argument("--quiet", action="store_true", help="print only the first section")
-    rp.add_argument(
-        "--ignore",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="a config key (e.g. data.max_val) whose values do not split runs into groups; repeatable",
-    )
     cp = sub.add_parser("compare", help="methods side by side: mean +- std over orders, paired test")
     cp.add_argument("runs", nargs="+")
     cp.add_argument("--baseline", default="replay")
-    cp.add_argument(
-        "--ignore",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="a config key (e.g. data.max_val) whose values do not split runs into groups; repeatable",
-    )
+    for p in (rp, cp):
+        p.add_argument(
+            "--ignore",
+            action="append",
+            default=[],
+            metavar="KEY",
+            help="a config key (e.g. data.max_val) whose values do not split runs into groups; repeatable",
+        )
     sub.add_parser("methods", help="list the registered continual methods")
     args = parser.parse_args(argv)
     try:

@@ -267,18 +267,14 @@ def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
     return RunConfig(**kwargs)
 
 
-# Keys added after runs were saved whose default differs from what those runs did: a run folder's saved
-# config.yaml (which holds every key of its time) without the key ran with this value, if its method used it.
-_SAVED_BEFORE_KEY = {("method", "error_upsample"): (True, ("errwise", "instructor", "lessons"))}
-
-
 def load_saved_config(path: str | Path) -> RunConfig:
-    """The config a run folder was run with (its config.yaml), including runs saved by older versions."""
+    """The config a run folder was run with (its config.yaml), including runs saved by older versions: a saved
+    config holds every key of its time, so a key it lacks did not exist yet. method.error_upsample is the one
+    whose default differs from what those runs did: errwise-based methods upsampled before it existed."""
     d = load_yaml(path)
-    method = d["method"].get("name") if isinstance(d.get("method"), dict) else None
-    for (section, key), (value, methods) in _SAVED_BEFORE_KEY.items():
-        if isinstance(d.get(section), dict) and d[section] and key not in d[section] and method in methods:
-            d[section][key] = value
+    method = d.get("method")
+    if isinstance(method, dict) and method.get("name") in ("errwise", "instructor", "lessons"):
+        method.setdefault("error_upsample", True)
     return from_dict(d, source=str(path))
 
 
