@@ -30,7 +30,7 @@ def tiny_config(model_dir, out, method="replay", **method_kw) -> RunConfig:
         data=DataConfig(dataset="builtin", num_tasks=3, relations_per_task=2, train_size=8, test_size=4),
         model=ModelConfig(name=str(model_dir), lora_r=4, lora_alpha=8),
         train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
-        method=MethodConfig(name=method, memory_per_relation=2, **method_kw),
+        method=MethodConfig(name=method, **{"memory_per_relation": 2, **method_kw}),
         eval=EvalConfig(batch_size=8),
         # instructor/lessons: the tiny model writes (garbage) data and lessons in-process, quickly
         instructor=InstructorConfig(model=str(model_dir), max_tokens=24, max_errors=2),
@@ -149,6 +149,74 @@ def test_errwise_error_scope_learned_keeps_only_errors_on_trained_relations(tiny
     assert n_old and n_new  # both kinds occurred, so the counts above tell the scopes apart
     with pytest.raises(ErrwiseError, match="error_scope"):
         MethodConfig(error_scope="new")
+
+
+def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(tiny_model_dir, tmp_path, monkeypatch):
+    """probe_per_relation: that many of each relation's memory are answered before each round but never trained
+    on nor shown; a probe error (gold r answered r') makes confronting and contrastive examples from r's replayed
+    instances, with instances of r' as shots (and, with contrastive_symmetric, the mirror answered r')."""
+    import errwise.run as run_mod
+
+    trained = []  # every example of every round, in order
+    real_train = run_mod.train
+    monkeypatch.setattr(
+        run_mod,
+        "train",
+        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
+    )
+    cfg = tiny_config(
+        tiny_model_dir,
+        tmp_path / "probe",
+        "errwise",
+        memory_per_relation=3,
+        probe_per_relation=1,
+        error_fraction=None,
+        error_scope="learned",
+        contrastive_symmetric=True,
+    )
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, consolidate=0.5, budget="replay"))
+    out = run(cfg)
+    probes = {}  # uid -> gold, over every task
+    n_probe_errors = 0
+    for t in (1, 2):
+        for name in (f"task_{t:02d}.jsonl", f"task_{t:02d}_consolidation.jsonl"):
+            rows = read_jsonl(out / "error_cases" / name)
+            memory = json.loads((out / "memory" / f"task_{t - 1 if 'consol' not in name else t:02d}.json").read_text())
+            probe = [r for r in rows if r["source"] == "probe"]
+            assert len(probe) == len(memory)  # one per relation, the other two replayed
+            assert sum(r["source"] == "memory" for r in rows) == 2 * len(memory)
+            for r in probe:
+                assert probes.setdefault(r["uid"], r["gold"]) == r["gold"]
+            n_probe_errors += sum(not r["correct"] for r in probe)
+    # The same probe at every task: each relation's probe uid is the same one wherever it appears.
+    assert len(set(probes.values())) == len(probes)
+    stream = make_stream(cfg)
+    text = {x.uid: x.text for t in stream.tasks for x in t.train}
+    task_of = {r: t.index for t in stream.tasks for r in t.relations}
+    assert len(trained) == 6  # per task: the first round, then the consolidation round
+    for i, round_ in enumerate(trained):
+        # A probe instance is its task's training data in that task's first round, and never trained on after.
+        held = [u for u, gold in probes.items() if (task_of[gold], 0) != divmod(i, 2)]
+        for ex in round_:
+            assert ex.uid not in held and not any(text[u] in ex.prompt for u in held)  # nor shown as a shot
+    # The last round's probe errors, one by one: confronted and contrasted on the relation's replayed instances.
+    memory = json.loads((out / "memory" / "task_02.json").read_text())
+    last = [r for r in read_jsonl(out / "error_cases" / "task_02_consolidation.jsonl") if r["source"] == "probe"]
+    assert n_probe_errors > 0
+    for r in (r for r in last if not r["correct"]):
+        gold, wrong = stream.relation(r["gold"]).name, stream.relation(r["pred"]).name
+        replayed = set(memory[r["gold"]]) - {r["uid"]}
+        confront = [
+            ex for ex in trained[-1] if ex.kind == "probe-error" and ex.uid in replayed and f'"{wrong}"' in ex.prompt
+        ]
+        assert len(confront) == len(replayed) == 2 and all(ex.answer == gold for ex in confront)
+        mirror = [ex for ex in trained[-1] if ex.kind == "probe-contrastive-mirror" and ex.answer == wrong]
+        assert any(text[u] in ex.prompt for ex in mirror for u in replayed)  # r's instance shown beside r'
+    kinds = [ex.kind for round_ in trained for ex in round_]
+    for prefix in ("", "probe-"):
+        assert kinds.count(prefix + "contrastive-mirror") == kinds.count(prefix + "contrastive") > 0
+    with pytest.raises(ErrwiseError, match="probe_per_relation"):
+        MethodConfig(memory_per_relation=2, probe_per_relation=2)
 
 
 def test_errwise_ranks_each_error_case_against_its_own_wrong_answer(tiny_model_dir, tmp_path):

@@ -134,7 +134,20 @@ class MethodConfig:
         "every seen relation's). A new task's instances, wrong mostly because their relations were never taught, "
         "are then trained like correct cases.",
     )
+    probe_per_relation: int = _f(
+        0,
+        "errwise: of each relation's memory, this many instances are held out as a probe, never trained on nor "
+        "shown in a prompt, and answered before each round. The replayed memory is memorised and shows almost no "
+        "errors; a wrong answer on the probe (gold r answered r') gives the confusion to correct, and the "
+        "error-focused examples are built from r's replayed instances beside r''s. Storage stays "
+        "memory_per_relation; 0 = off.",
+    )
     contrastive: bool = _f(True, "errwise: add instruction-based contrastive examples for error cases.")
+    contrastive_symmetric: bool = _f(
+        False,
+        "errwise: each contrastive example also gets its mirror, an instance of the confused relation beside the "
+        "error case's relation, answered with the confused one, so neither relation's prior is raised alone.",
+    )
     contrastive_with_memory: bool = _f(True, "errwise: show instances of the confused relation from memory.")
     contrastive_shots: int = _f(1, "errwise: instances of the confused relation shown per contrastive example.")
     confront_error: bool = _f(True, "errwise: error cases get the instruction that confronts the wrong answer.")
@@ -153,6 +166,11 @@ class MethodConfig:
         )
         _check(self.error_weight > 0, "method.error_weight must be > 0")
         _check(self.error_repeats >= 1, "method.error_repeats must be >= 1")
+        _check(
+            self.probe_per_relation == 0 or 0 < self.probe_per_relation < self.memory_per_relation,
+            f"method.probe_per_relation must be 0 or below method.memory_per_relation ({self.memory_per_relation}), "
+            f"got {self.probe_per_relation}",
+        )
         _check(self.rank_weight >= 0, "method.rank_weight must be >= 0")
         _check(
             self.error_scope in ("all", "learned"),

@@ -325,7 +325,7 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
     """Per task, summed over a group's runs: initial errors on the task's training data and on the memory,
     how many of them the trained model fixed, and how many initially correct cases it got wrong afterwards
     (read from `error_cases/task_XX_summary.json`, written by methods that mine error cases)."""
-    rows = []
+    counts = []
     for label, runs in groups.items():
         tasks = max((r.tasks_done for r in runs), default=0)
         for t in range(tasks):
@@ -334,23 +334,29 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
                 path = r.path / "error_cases" / f"task_{t:02d}_summary.json"
                 if not path.is_file():
                     continue
-                for source, counts in json.loads(path.read_text()).items():
-                    for key, v in counts.items():
+                for source, c in json.loads(path.read_text()).items():
+                    for key, v in c.items():
                         acc[f"{source}.{key}"] = acc.get(f"{source}.{key}", 0) + v
             if acc:
-                rows.append(
-                    [label, f"T{t + 1}"]
-                    + [str(acc.get(f"{s}.{k}", 0)) for s in ("train", "memory") for k in ("initial_errors", "fixed")]
-                    + [str(acc.get("memory.new_errors", 0) + acc.get("train.new_errors", 0))]
-                )
-    if not rows:
+                counts.append((label, t, acc))
+    if not counts:
         return ""
-    header = ["Method", "Task", "Train errors", "Train fixed", "Memory errors", "Memory fixed", "New errors"]
+    # The held-out probe (errwise probe_per_relation) gets its own columns, only when some run has one.
+    has_probe = any(k.startswith("probe.") for *_, acc in counts for k in acc)
+    sources = ("train", "memory", "probe") if has_probe else ("train", "memory")
+    rows = [
+        [label, f"T{t + 1}"]
+        + [str(acc.get(f"{s}.{k}", 0)) for s in sources for k in ("initial_errors", "fixed")]
+        + [str(sum(acc.get(f"{s}.new_errors", 0) for s in sources))]
+        for label, t, acc in counts
+    ]
+    header = ["Method", "Task"] + [f"{s.capitalize()} {k}" for s in sources for k in ("errors", "fixed")]
     return (
         "### Error cases (summed over orders)\n\n"
-        + _table(header, rows)
+        + _table([*header, "New errors"], rows)
         + "\n\nErrors: wrong initial responses before training on the task; fixed: right after training; new "
-        "errors: initially correct, wrong after training."
+        "errors: initially correct, wrong after training. Probe: memory instances held out from training "
+        "(errwise `probe_per_relation`)."
     )
 
 

@@ -11,6 +11,10 @@ the plain instruction: contrastive tuning in the very format and score the model
 With `error_scope` learned, only a wrong answer on an instance of a relation the model was already trained on
 makes an error case: before training, a new task's instances are answered wrongly mostly because their
 relations were never taught (they get old relations' names), which is no learned bias to correct.
+With `probe_per_relation` > 0, that many instances of each relation's memory are held out as a probe: answered
+with the others before each round, never trained on. The replayed memory is memorised (almost never answered
+wrongly); the probe shows the confusions the model makes on old relations (gold r answered r'), and each one
+makes error-focused examples from r's replayed instances (confronted with r', beside instances of r').
 Every part is switchable (MethodConfig) for the ablations.
 """
 
@@ -32,15 +36,32 @@ class Errwise:
         self.cases: list[tuple[RelationInstance, str, str]] = []  # (instance, source, predicted relation)
 
     def begin_task(self, ctx: TaskContext) -> None:
-        pools = [("train", list(ctx.task.train)), ("memory", ctx.memory_instances())]
-        self.cases = self._responses(ctx, pools, "initial")
+        self.cases = self._responses(ctx, [("train", list(ctx.task.train)), *self._memory_pools(ctx)], "initial")
         self._record(ctx, self.cases, f"task_{ctx.task.index:02d}.jsonl")
+
+    def _probe(self, ctx: TaskContext) -> set[str]:
+        """uids of the probe: per relation, `probe_per_relation` of its memory, the same at every task (seeded by
+        the relation, so a relation's probe never changes and is never trained on)."""
+        k = self.cfg.probe_per_relation
+        if not k:
+            return set()
+        out: set[str] = set()
+        for rel, xs in ctx.memory.items():
+            uids = sorted(x.uid for x in xs)
+            out.update(random.Random(f"{ctx.cfg.train.seed}:{rel}").sample(uids, min(k, len(uids) - 1)))
+        return out
+
+    def _memory_pools(self, ctx: TaskContext) -> list[tuple[str, list[RelationInstance]]]:
+        probe = self._probe(ctx)
+        xs = ctx.memory_instances()
+        pools = [("memory", [x for x in xs if x.uid not in probe])]
+        return pools + [("probe", [x for x in xs if x.uid in probe])] if probe else pools
 
     def _responses(self, ctx: TaskContext, pools, when: str) -> list[tuple[RelationInstance, str, str]]:
         """(instance, source, predicted relation) for every instance of the pools; unmined pools count as correct."""
         cases = []
         for source, xs in pools:
-            mine = self.cfg.split_by_correctness and (source == "train" or self.cfg.memory_errors)
+            mine = self.cfg.split_by_correctness and (source != "memory" or self.cfg.memory_errors)
             if mine and xs:
                 preds = ctx.predict(xs, desc=f"T{ctx.task.index + 1} {when} {source}")
             else:  # ablations "no split" / "current-task errors only": replayed as correct cases
@@ -63,7 +84,7 @@ class Errwise:
         """The memory of every seen relation (this task's included), answered by the model after the first
         round: its error cases now are mostly old relations lost to the new ones (forgetting), and get the
         same error-focused treatment as the initial errors, in a short class-balanced round."""
-        cases = self._responses(ctx, [("memory", ctx.memory_instances())], "consolidation")
+        cases = self._responses(ctx, self._memory_pools(ctx), "consolidation")
         self._record(ctx, cases, f"task_{ctx.task.index:02d}_consolidation.jsonl")
         learned = {r.id for r in ctx.seen}  # this task's relations have been trained on by now
         return self._examples(ctx, cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))
@@ -72,31 +93,30 @@ class Errwise:
         """`learned`: relations the model has been trained on; with error_scope `learned` only a wrong answer on
         an instance of one of them makes an error case (a relation the model was taught, yet got wrong)."""
         c = self.cfg
-        by_rel: dict[str, list[RelationInstance]] = {r: list(xs) for r, xs in ctx.memory.items()}
+        probe = self._probe(ctx)
+        by_rel: dict[str, list[RelationInstance]] = {
+            r: [x for x in xs if x.uid not in probe] for r, xs in ctx.memory.items()
+        }
         for x in ctx.task.train:
             if x.relation not in ctx.memory:  # after the memory update the task's relations are in it already
                 by_rel.setdefault(x.relation, []).append(x)
         base: list[Example] = []  # every case once in the plain instruction, as replay trains
         out: list[Example] = []  # the error-focused examples
         for x, source, pred in cases:
+            wrong_case = pred != x.relation and (c.error_scope == "all" or x.relation in learned)
+            if source == "probe":  # never trained on: its error stands for the relation's replayed instances
+                if wrong_case:
+                    for y in by_rel.get(x.relation, []):
+                        xs = self._error_focused(ctx, y, pred, "plain-error", by_rel, rng)
+                        out += [dataclasses.replace(e, kind="probe-" + e.kind) for e in xs]  # logged apart
+                continue
             kind = "plain" if source == "train" else "memory"
-            if pred == x.relation or (c.error_scope == "learned" and x.relation not in learned):
+            if not wrong_case:
                 base.append(ctx.plain(x, kind=kind))
                 continue
-            gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
             err = ctx.plain(x, kind=kind + "-error", weight=c.error_weight)
-            base.append(dataclasses.replace(err, rejected=wrong.name, rank_weight=c.rank_weight))
-            for _ in range(c.error_repeats - 1):
-                out.append(ctx.plain(x, kind=kind + "-error", weight=c.error_weight))
-            if c.confront_error:
-                out.append(confront_example(x, gold, wrong, weight=c.error_weight))
-            if c.contrastive:
-                pool = [s for s in by_rel.get(pred, []) if s.uid != x.uid]
-                shots = rng.sample(pool, min(c.contrastive_shots, len(pool))) if c.contrastive_with_memory else []
-                others = [r for r in ctx.seen if r.id not in (gold.id, wrong.id)]
-                options = [gold, wrong, *rng.sample(others, min(2, len(others)))]
-                rng.shuffle(options)
-                out.append(contrastive_example(x, gold, wrong, shots, options, weight=c.error_weight))
+            base.append(dataclasses.replace(err, rejected=ctx.relation(pred).name, rank_weight=c.rank_weight))
+            out += self._error_focused(ctx, x, pred, kind + "-error", by_rel, rng)
         if c.error_fraction is not None and out and base:
             # At a fixed step budget every error-focused example displaces plain training. On a new task nearly
             # every training instance is an initial error (the model has never answered its relations), so
@@ -110,15 +130,41 @@ class Errwise:
                 out = out * (n // len(out)) + rng.sample(out, n % len(out))
         return base + out
 
+    def _error_focused(self, ctx: TaskContext, x: RelationInstance, pred: str, kind: str, by_rel, rng) -> list[Example]:
+        """The error-focused examples of error case `x` answered `pred`: extra plain copies, the confronting
+        instruction, the contrastive one beside instances of `pred` (and its mirror)."""
+        c = self.cfg
+        gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
+        out = [ctx.plain(x, kind=kind, weight=c.error_weight) for _ in range(c.error_repeats - 1)]
+        if c.confront_error:
+            out.append(confront_example(x, gold, wrong, weight=c.error_weight))
+        if c.contrastive:
+            pool = [s for s in by_rel.get(pred, []) if s.uid != x.uid]
+            shots = rng.sample(pool, min(c.contrastive_shots, len(pool))) if c.contrastive_with_memory else []
+            others = [r for r in ctx.seen if r.id not in (gold.id, wrong.id)]
+            options = [gold, wrong, *rng.sample(others, min(2, len(others)))]
+            rng.shuffle(options)
+            out.append(contrastive_example(x, gold, wrong, shots, options, weight=c.error_weight))
+            if c.contrastive_symmetric and pool:
+                # The mirror: an instance of the confused relation beside the error case, answered with its own.
+                mirror = rng.choice([s for s in pool if s not in shots] or pool)
+                out.append(
+                    dataclasses.replace(
+                        contrastive_example(mirror, wrong, gold, [x], options, weight=c.error_weight),
+                        kind="contrastive-mirror",
+                    )
+                )
+        return out
+
     def end_task(self, ctx: TaskContext) -> None:
         """Record which initial errors the trained model now gets right (fixed) and which correct ones broke."""
         if not self.cases:
             return
         xs = [x for x, _, _ in self.cases]
         after = ctx.predict(xs, desc=f"T{ctx.task.index + 1} after")
-        summary = {"train": {}, "memory": {}}
+        summary: dict[str, dict[str, int]] = {"train": {}, "memory": {}}
         for (x, source, before), now in zip(self.cases, after):
-            s = summary[source]
+            s = summary.setdefault(source, {})  # "probe" too, with probe_per_relation
             was, ok = before == x.relation, now == x.relation
             key = "initial_errors" if not was else "initial_correct"
             s[key] = s.get(key, 0) + 1
