@@ -215,6 +215,13 @@ def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(t
     kinds = [ex.kind for round_ in trained for ex in round_]
     for prefix in ("", "probe-"):
         assert kinds.count(prefix + "contrastive-mirror") == kinds.count(prefix + "contrastive") > 0
+    from errwise.report import compare_table
+
+    summary = json.loads((out / "error_cases" / "task_02_summary.json").read_text())
+    lines = compare_table([out]).splitlines()
+    header = next(line for line in lines if line.startswith("| Method | Task |")).split("|")
+    row = next(line for line in lines if line.startswith("| errwise | T3 |")).split("|")
+    assert row[header.index(" Probe errors ")].strip() == str(summary["probe"].get("initial_errors", 0))
     with pytest.raises(ErrwiseError, match="probe_per_relation"):
         MethodConfig(memory_per_relation=2, probe_per_relation=2)
 
