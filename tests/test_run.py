@@ -151,10 +151,14 @@ def test_errwise_error_scope_learned_keeps_only_errors_on_trained_relations(tiny
         MethodConfig(error_scope="new")
 
 
-def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("unseen", [False, True])
+def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(
+    tiny_model_dir, tmp_path, monkeypatch, unseen
+):
     """probe_per_relation: that many of each relation's memory are answered before each round but never trained
     on nor shown; a probe error (gold r answered r') makes confronting and contrastive examples from r's replayed
-    instances, with instances of r' as shots (and, with contrastive_symmetric, the mirror answered r')."""
+    instances, with instances of r' as shots (and, with contrastive_symmetric, the mirror answered r').
+    probe_unseen: the probe is drawn before training and not trained on even in its own task's first round."""
     import errwise.run as run_mod
 
     trained = []  # every example of every round, in order
@@ -173,6 +177,7 @@ def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(t
         error_fraction=None,
         error_scope="learned",
         contrastive_symmetric=True,
+        probe_unseen=unseen,
     )
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, consolidate=0.5, budget="replay"))
     out = run(cfg)
@@ -187,6 +192,10 @@ def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(t
             assert sum(r["source"] == "memory" for r in rows) == 2 * len(memory)
             for r in probe:
                 assert probes.setdefault(r["uid"], r["gold"]) == r["gold"]
+                assert r["uid"] in memory[r["gold"]]  # kept in the memory's storage
+            if unseen and "consol" not in name:  # this task's probe is not even among its training cases
+                train = [r["uid"] for r in rows if r["source"] == "train"]
+                assert len(train) == 16 - 2 and not set(train) & set(probes)
             n_probe_errors += sum(not r["correct"] for r in probe)
     # The same probe at every task: each relation's probe uid is the same one wherever it appears.
     assert len(set(probes.values())) == len(probes)
@@ -196,7 +205,7 @@ def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(t
     assert len(trained) == 6  # per task: the first round, then the consolidation round
     for i, round_ in enumerate(trained):
         # A probe instance is its task's training data in that task's first round, and never trained on after.
-        held = [u for u, gold in probes.items() if (task_of[gold], 0) != divmod(i, 2)]
+        held = [u for u, gold in probes.items() if unseen or (task_of[gold], 0) != divmod(i, 2)]
         for ex in round_:
             assert ex.uid not in held and not any(text[u] in ex.prompt for u in held)  # nor shown as a shot
     # The last round's probe errors, one by one: confronted and contrasted on the relation's replayed instances.

@@ -142,6 +142,13 @@ class MethodConfig:
         "error-focused examples are built from r's replayed instances beside r''s. Storage stays "
         "memory_per_relation; 0 = off.",
     )
+    probe_unseen: bool = _f(
+        False,
+        "errwise: draw the probe from the task's training data before training and leave it out of training "
+        "altogether (the task trains on the rest; the memory keeps it beside memory_per_relation - "
+        "probe_per_relation instances chosen as usual). A probe chosen from the memory was trained on in its own "
+        "task and is memorised as well.",
+    )
     contrastive: bool = _f(True, "errwise: add instruction-based contrastive examples for error cases.")
     contrastive_symmetric: bool = _f(
         False,

@@ -208,7 +208,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
 
         t = time.time()
         if cfg.method.memory_per_relation > 0:
-            new = update_memory(cfg, model, tok, task.train, task.relations, task.index)
+            new = update_memory(cfg, model, tok, task.train, task.relations, task.index, method.held_out(ctx))
             memory = {**memory, **distributed.broadcast(new)}  # k-means may differ in the last bit: use process 0's
         phases["memory"] = time.time() - t
 
@@ -318,19 +318,21 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
 
 
 def update_memory(
-    cfg: RunConfig, model, tok, train_data, relations, task_index: int
+    cfg: RunConfig, model, tok, train_data, relations, task_index: int, held_out=None
 ) -> dict[str, list[RelationInstance]]:
-    """Memory of the relations of one task, selected after training on it (features of the trained model)."""
+    """Memory of the relations of one task, selected after training on it (features of the trained model).
+    `held_out` (per relation, from the method): instances the memory keeps as they are, counted in
+    memory_per_relation; the rest is selected among the other instances."""
     mc = cfg.method
     out: dict[str, list[RelationInstance]] = {}
     for i, rel in enumerate(relations):
-        xs = [x for x in train_data if x.relation == rel]
+        kept = (held_out or {}).get(rel, [])
+        xs = [x for x in train_data if x.relation == rel and x not in kept]
+        n = mc.memory_per_relation - len(kept)
         feats = None
-        if mc.memory_selection == "kmeans" and len(xs) > mc.memory_per_relation:
+        if mc.memory_selection == "kmeans" and len(xs) > n:
             feats = embed(model, tok, xs, batch_size=cfg.eval.batch_size, max_length=cfg.train.max_length)
-        out[rel] = select(
-            xs, mc.memory_per_relation, strategy=mc.memory_selection, seed=cfg.train.seed + i, features=feats
-        )
+        out[rel] = select(xs, n, strategy=mc.memory_selection, seed=cfg.train.seed + i, features=feats) + kept
     return out
 
 

@@ -25,7 +25,7 @@ import json
 import random
 
 from errwise.config import MethodConfig
-from errwise.data.types import RelationInstance
+from errwise.data.types import RelationInstance, Task
 from errwise.methods.protocol import TaskContext
 from errwise.prompts import Example, confront_example, contrastive_example
 
@@ -36,20 +36,34 @@ class Errwise:
         self.cases: list[tuple[RelationInstance, str, str]] = []  # (instance, source, predicted relation)
 
     def begin_task(self, ctx: TaskContext) -> None:
-        self.cases = self._responses(ctx, [("train", list(ctx.task.train)), *self._memory_pools(ctx)], "initial")
+        held = self._probe(ctx)  # with probe_unseen, this task's probe is no training data
+        train = [x for x in ctx.task.train if x.uid not in held]
+        self.cases = self._responses(ctx, [("train", train), *self._memory_pools(ctx)], "initial")
         self._record(ctx, self.cases, f"task_{ctx.task.index:02d}.jsonl")
 
+    def held_out(self, ctx: TaskContext) -> dict[str, list[RelationInstance]]:
+        """With probe_unseen: the probe of the task's relations, drawn from its training data before training
+        (seeded by the relation: the same at every task and on resume), never trained on; the loop keeps it in
+        memory."""
+        return self._held_out(ctx.task, ctx.cfg.train.seed)
+
+    def _held_out(self, task: Task, seed: int) -> dict[str, list[RelationInstance]]:
+        k = self.cfg.probe_per_relation
+        if not (k and self.cfg.probe_unseen):
+            return {}
+        return {rel: _draw(rel, [x for x in task.train if x.relation == rel], k, seed) for rel in task.relations}
+
     def _probe(self, ctx: TaskContext) -> set[str]:
-        """uids of the probe: per relation, `probe_per_relation` of its memory, the same at every task (seeded by
-        the relation, so a relation's probe never changes and is never trained on)."""
+        """uids of the probe: per relation, `probe_per_relation` of its memory (or, with probe_unseen, of its
+        training data, held out of training), the same at every task, so it is never trained on (after its own
+        task's first round, where a probe chosen from the memory was ordinary training data)."""
         k = self.cfg.probe_per_relation
         if not k:
             return set()
-        out: set[str] = set()
-        for rel, xs in ctx.memory.items():
-            uids = sorted(x.uid for x in xs)
-            out.update(random.Random(f"{ctx.cfg.train.seed}:{rel}").sample(uids, min(k, len(uids) - 1)))
-        return out
+        if self.cfg.probe_unseen:
+            tasks = ctx.stream.tasks[: ctx.task.index + 1]
+            return {x.uid for t in tasks for xs in self._held_out(t, ctx.cfg.train.seed).values() for x in xs}
+        return {x.uid for rel, xs in ctx.memory.items() for x in _draw(rel, xs, k, ctx.cfg.train.seed)}
 
     def _memory_pools(self, ctx: TaskContext) -> list[tuple[str, list[RelationInstance]]]:
         probe = self._probe(ctx)
@@ -98,7 +112,9 @@ class Errwise:
             r: [x for x in xs if x.uid not in probe] for r, xs in ctx.memory.items()
         }
         for x in ctx.task.train:
-            if x.relation not in ctx.memory:  # after the memory update the task's relations are in it already
+            if (
+                x.relation not in ctx.memory and x.uid not in probe
+            ):  # after the memory update the task's relations are in it already
                 by_rel.setdefault(x.relation, []).append(x)
         base: list[Example] = []  # every case once in the plain instruction, as replay trains
         out: list[Example] = []  # the error-focused examples
@@ -177,3 +193,9 @@ class Errwise:
 
     def hints(self, instances) -> None:
         return None
+
+
+def _draw(rel: str, xs: list[RelationInstance], k: int, seed: int) -> list[RelationInstance]:
+    """k of a relation's instances (fewer than all), seeded by the relation: the same whatever the order of xs."""
+    xs = sorted(xs, key=lambda x: x.uid)
+    return random.Random(f"{seed}:{rel}").sample(xs, min(k, len(xs) - 1))

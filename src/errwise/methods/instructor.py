@@ -132,5 +132,8 @@ class Instructor:
     def end_task(self, ctx: TaskContext) -> None:
         self.errwise.end_task(ctx)
 
+    def held_out(self, ctx: TaskContext):
+        return self.errwise.held_out(ctx)
+
     def hints(self, instances):
         return None

@@ -19,5 +19,8 @@ class Joint:
     def end_task(self, ctx: TaskContext) -> None:
         pass
 
+    def held_out(self, ctx: TaskContext) -> dict:
+        return {}
+
     def hints(self, instances) -> None:
         return None

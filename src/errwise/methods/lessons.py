@@ -142,6 +142,9 @@ class Lessons:
     def end_task(self, ctx: TaskContext) -> None:
         self.errwise.end_task(ctx)
 
+    def held_out(self, ctx: TaskContext):
+        return self.errwise.held_out(ctx)
+
     def hints(self, instances: Sequence[RelationInstance]) -> list[str]:
         """The lessons put first in each instance's prompt."""
         found = self.bank.retrieve([query_text(x) for x in instances], self.ctx.cfg.lessons.top_k, self.embedder)

@@ -64,6 +64,11 @@ class Method(Protocol):
 
     def end_task(self, ctx: TaskContext) -> None: ...
 
+    def held_out(self, ctx: TaskContext) -> dict[str, list[RelationInstance]]:
+        """Training instances of ctx.task, per relation, that the method never trains on but the memory must keep
+        (counted in memory_per_relation; the rest is selected as usual). {} for none."""
+        ...
+
     def hints(self, instances: Sequence[RelationInstance]) -> list[str] | None:
         """Text put first in each instance's prediction prompt (e.g. retrieved lessons); None for none."""
         ...
