@@ -233,6 +233,8 @@ def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(
     assert row[header.index(" Probe errors ")].strip() == str(summary["probe"].get("initial_errors", 0))
     with pytest.raises(ErrwiseError, match="probe_per_relation"):
         MethodConfig(memory_per_relation=2, probe_per_relation=2)
+    with pytest.raises(ErrwiseError, match="probe_unseen"):
+        MethodConfig(probe_unseen=True)
 
 
 def test_errwise_ranks_each_error_case_against_its_own_wrong_answer(tiny_model_dir, tmp_path):

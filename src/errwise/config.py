@@ -178,6 +178,10 @@ class MethodConfig:
             f"method.probe_per_relation must be 0 or below method.memory_per_relation ({self.memory_per_relation}), "
             f"got {self.probe_per_relation}",
         )
+        _check(
+            not self.probe_unseen or self.probe_per_relation > 0,
+            "method.probe_unseen needs method.probe_per_relation > 0",
+        )
         _check(self.rank_weight >= 0, "method.rank_weight must be >= 0")
         _check(
             self.error_scope in ("all", "learned"),
