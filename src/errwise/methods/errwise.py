@@ -36,9 +36,9 @@ class Errwise:
         self.cases: list[tuple[RelationInstance, str, str]] = []  # (instance, source, predicted relation)
 
     def begin_task(self, ctx: TaskContext) -> None:
-        held = self._probe(ctx)  # with probe_unseen, this task's probe is no training data
-        train = [x for x in ctx.task.train if x.uid not in held]
-        self.cases = self._responses(ctx, [("train", train), *self._memory_pools(ctx)], "initial")
+        probe = self._probe(ctx)  # with probe_unseen, this task's probe is no training data
+        train = [x for x in ctx.task.train if x.uid not in probe]
+        self.cases = self._responses(ctx, [("train", train), *self._memory_pools(ctx, probe)], "initial")
         self._record(ctx, self.cases, f"task_{ctx.task.index:02d}.jsonl")
 
     def held_out(self, ctx: TaskContext) -> dict[str, list[RelationInstance]]:
@@ -65,8 +65,7 @@ class Errwise:
             return {x.uid for t in tasks for xs in self._held_out(t, ctx.cfg.train.seed).values() for x in xs}
         return {x.uid for rel, xs in ctx.memory.items() for x in _draw(rel, xs, k, ctx.cfg.train.seed)}
 
-    def _memory_pools(self, ctx: TaskContext) -> list[tuple[str, list[RelationInstance]]]:
-        probe = self._probe(ctx)
+    def _memory_pools(self, ctx: TaskContext, probe: set[str]) -> list[tuple[str, list[RelationInstance]]]:
         xs = ctx.memory_instances()
         pools = [("memory", [x for x in xs if x.uid not in probe])]
         return pools + [("probe", [x for x in xs if x.uid in probe])] if probe else pools
@@ -98,7 +97,7 @@ class Errwise:
         """The memory of every seen relation (this task's included), answered by the model after the first
         round: its error cases now are mostly old relations lost to the new ones (forgetting), and get the
         same error-focused treatment as the initial errors, in a short class-balanced round."""
-        cases = self._responses(ctx, self._memory_pools(ctx), "consolidation")
+        cases = self._responses(ctx, self._memory_pools(ctx, self._probe(ctx)), "consolidation")
         self._record(ctx, cases, f"task_{ctx.task.index:02d}_consolidation.jsonl")
         learned = {r.id for r in ctx.seen}  # this task's relations have been trained on by now
         return self._examples(ctx, cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))
@@ -112,9 +111,8 @@ class Errwise:
             r: [x for x in xs if x.uid not in probe] for r, xs in ctx.memory.items()
         }
         for x in ctx.task.train:
-            if (
-                x.relation not in ctx.memory and x.uid not in probe
-            ):  # after the memory update the task's relations are in it already
+            # After the memory update the task's relations are in it already; an unseen probe is never shown.
+            if x.relation not in ctx.memory and x.uid not in probe:
                 by_rel.setdefault(x.relation, []).append(x)
         base: list[Example] = []  # every case once in the plain instruction, as replay trains
         out: list[Example] = []  # the error-focused examples
