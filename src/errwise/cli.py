@@ -1,4 +1,4 @@
-"""`errwise run | report | compare | methods`. Options of `run` are generated from the config dataclasses.
+"""`errwise run | report | compare | rescore | methods`. Options of `run` are generated from the config dataclasses.
 
 Every user error is one line on stderr (`error: ...`) and exit status 2; never a traceback.
 """
@@ -69,6 +69,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(compare_table([Path(r) for r in args.runs], baseline=args.baseline, ignore=args.ignore))
 
 
+def cmd_rescore(args: argparse.Namespace) -> None:
+    from errwise.rescore import rescore
+
+    split = "val" if args.max_val is not None and args.max_test is None else "test"
+    split = args.split or split
+    tag = f"{split}{args.max_val if split == 'val' else args.max_test or 'all'}"
+    for run_dir in args.runs:
+        out = Path(args.out) / Path(run_dir).name if args.out else Path(f"{run_dir.rstrip('/')}-{tag}")
+        rescore(Path(run_dir), out, split=split, max_test=args.max_test, max_val=args.max_val, data_path=args.data_path)
+
+
 def cmd_methods(args: argparse.Namespace) -> None:
     from errwise.methods import METHODS
 
@@ -95,10 +106,25 @@ def main(argv: list[str] | None = None) -> int:
             metavar="KEY",
             help="a config key (e.g. data.max_val) whose values do not split runs into groups; repeatable",
         )
+    sp = sub.add_parser(
+        "rescore",
+        help="score a finished run's checkpoints again on more test (or validation) instances",
+        description="Score every task checkpoint of finished LoRA runs again, on the first N test (or validation) "
+        "instances per seen relation, without retraining; writes RUN-test<N> (or OUT/RUN) as a run folder that "
+        "report and compare read. cpu_mini tests on 10 per relation; the split holds 140.",
+    )
+    sp.add_argument("runs", nargs="+", help="run folders")
+    sp.add_argument("--max-test", type=int, help="test instances per relation (default: all of the split)")
+    sp.add_argument("--max-val", type=int, help="validation instances per relation (with --split val)")
+    sp.add_argument("--split", choices=("test", "val"), help="test (default) or val")
+    sp.add_argument("--data-path", help="dataset folder, when it moved since the run")
+    sp.add_argument("--out", help="parent folder of the rescored runs (default: beside each run, RUN-test<N>)")
     sub.add_parser("methods", help="list the registered continual methods")
     args = parser.parse_args(argv)
     try:
-        {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "methods": cmd_methods}[args.command](args)
+        {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "rescore": cmd_rescore, "methods": cmd_methods}[
+            args.command
+        ](args)
     except ErrwiseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -228,19 +228,8 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             phases["consolidate"] = time.time() - t
 
         t = time.time()
-        # The test instances of every seen task (`eval.split val`: their validation instances instead).
-        test = [x for t_ in stream.tasks[: task.index + 1] for x in (t_.val if cfg.eval.split == "val" else t_.test)]
-        preds = predict_seen(test, desc=f"T{task.index + 1} eval")
-        rows = [
-            {
-                "uid": x.uid,
-                "task": task_of[x.relation],
-                "gold": x.relation,
-                "pred": p,
-                "correct": p == x.relation,
-            }
-            for x, p in zip(test, preds)
-        ]
+        test = eval_instances(stream, task.index, cfg.eval.split)
+        rows = prediction_rows(test, predict_seen(test, desc=f"T{task.index + 1} eval"), task_of)
         phases["evaluate"] = time.time() - t
 
         t = time.time()
@@ -315,6 +304,20 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         f"average {100 * summary['average_accuracy']:.1f}%  ({summary['wall_seconds']:.0f}s)"
     )
     return run_dir
+
+
+def eval_instances(stream: TaskStream, task_index: int, split: str) -> list[RelationInstance]:
+    """What is evaluated after task `task_index`: the test instances of every seen task (`val`: their
+    validation instances instead)."""
+    return [x for t in stream.tasks[: task_index + 1] for x in (t.val if split == "val" else t.test)]
+
+
+def prediction_rows(instances: list[RelationInstance], preds: list[str], task_of: dict[str, int]) -> list[dict]:
+    """The lines of predictions/task_XX.jsonl."""
+    return [
+        {"uid": x.uid, "task": task_of[x.relation], "gold": x.relation, "pred": p, "correct": p == x.relation}
+        for x, p in zip(instances, preds)
+    ]
 
 
 def update_memory(

@@ -51,6 +51,9 @@ def query_text(x: RelationInstance) -> str:
 
 
 class Lessons:
+    hints_at_inference = True
+    """Its prompts carry lessons retrieved from the bank of the run's state (`errwise rescore` cannot redo it)."""
+
     def __init__(self, cfg: MethodConfig):
         self.errwise = Errwise(cfg)
         self.bank: LessonBank | None = None

@@ -1,0 +1,171 @@
+"""Evaluate a finished run's checkpoints again on more test (or validation) instances, without retraining.
+
+cpu_mini keeps 10 test instances per relation: 160 sentences after the last task, so one sentence is 0.6
+points and two methods' final accuracies differ by several points from test sampling alone. The split keeps a
+prefix of each relation's shuffled test set (data/stream.py), so a larger `max_test` is a superset of the
+sentences the run was scored on, and training is untouched: the checkpoint of task i is scored on the seen
+relations' first N test instances. The output is a run folder of its own (config with the new
+data.max_test / eval.split, the original's training lines, the new accuracies), so `errwise report` and
+`errwise compare` read it like any run; it resumes like a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from errwise import metrics
+from errwise.config import RunConfig, save_yaml, to_dict
+from errwise.errors import ErrwiseError
+from errwise.evaluate import predict
+from errwise.methods import build_method
+from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype
+from errwise.run import (
+    _write_json,
+    _write_jsonl,
+    completed_tasks,
+    eval_instances,
+    make_stream,
+    prediction_rows,
+    resume_config,
+)
+
+
+def rescore_config(
+    cfg: RunConfig, *, split: str, max_test: int | None, max_val: int | None, data_path: str | None
+) -> RunConfig:
+    data = dataclasses.replace(
+        cfg.data,
+        max_test=max_test,
+        max_val=cfg.data.max_val if max_val is None else max_val,
+        path=data_path or cfg.data.path,
+    )
+    return dataclasses.replace(cfg, data=data, eval=dataclasses.replace(cfg.eval, split=split))
+
+
+def rescore(
+    run_dir: Path,
+    out_dir: Path,
+    *,
+    split: str = "test",
+    max_test: int | None = None,
+    max_val: int | None = None,
+    data_path: str | None = None,
+) -> Path:
+    """Score every completed task's checkpoint of `run_dir` on the seen relations' `split` instances (the first
+    `max_test` / `max_val` per relation; None = all) and write a run folder to `out_dir`; returns it."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    lines = completed_tasks(run_dir)
+    if not lines:
+        raise ErrwiseError(f"{run_dir} has no completed task (no metrics.jsonl): nothing to rescore")
+    if out_dir.resolve() == run_dir.resolve():
+        raise ErrwiseError(f"--output {out_dir} is the run itself; rescoring writes a new folder")
+    old = resume_config(run_dir)
+    if getattr(build_method(old.method), "hints_at_inference", False):
+        raise ErrwiseError(
+            f"{run_dir} ran method {old.method.name}, whose prompts carry hints from its state during the run; "
+            "rescore supports methods without inference-time hints (replay, finetune, joint, errwise)"
+        )
+    cfg = rescore_config(old, split=split, max_test=max_test, max_val=max_val, data_path=data_path)
+    cfg = dataclasses.replace(cfg, output_dir=str(out_dir))
+    missing = [i for i in range(len(lines)) if not (run_dir / "checkpoints" / f"task_{i:02d}").is_dir()]
+    if missing:
+        raise ErrwiseError(
+            f"{run_dir}/checkpoints lacks task_{missing[0]:02d} (full fine-tuning keeps only the latest "
+            "checkpoint): only LoRA runs can be rescored task by task"
+        )
+    done = completed_tasks(out_dir)
+    if done:
+        saved = resume_config(out_dir)
+        if {**to_dict(saved), "output_dir": None} != {**to_dict(cfg), "output_dir": None}:
+            raise ErrwiseError(f"{out_dir} holds a rescore with other settings; pass another --output")
+    stream = make_stream(cfg)
+    if split == "val" and not any(t.val for t in stream.tasks):
+        raise ErrwiseError(f"{run_dir}'s split holds no validation instances (data.val_size 0); rescore on test")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "predictions").mkdir(exist_ok=True)
+    save_yaml(cfg, out_dir / "config.yaml")
+    for name in ("relations.json",):
+        shutil.copy(run_dir / name, out_dir / name)
+    for sub in ("memory", "error_cases"):  # what the run trained with: the report's error-case table reads it
+        if (run_dir / sub).is_dir() and not (out_dir / sub).exists():
+            shutil.copytree(run_dir / sub, out_dir / sub)
+
+    task_of = {r: t.index for t in stream.tasks for r in t.relations}
+    device = pick_device(cfg.model.device)
+    tok = load_tokenizer(cfg.model.name)
+    matrix = [line["accuracy_row"] for line in done]
+    t_start = time.time()
+    for i in tqdm(range(len(done), len(lines)), desc="rescore tasks", disable=None):
+        t0 = time.time()
+        m = cfg.model  # a fresh model per checkpoint (loading the cached base weights takes about a second)
+        model = load_model(
+            m.name,
+            device=device,
+            dtype=pick_dtype(m.dtype, device),
+            lora=m.lora,
+            lora_r=m.lora_r,
+            lora_alpha=m.lora_alpha,
+            lora_dropout=m.lora_dropout,
+            lora_targets=m.lora_targets,
+            adapter=run_dir / "checkpoints" / f"task_{i:02d}",
+        )
+        seen = tuple(stream.relation(r) for r in stream.seen_relations(i))
+        test = eval_instances(stream, i, split)
+        preds = predict(
+            model,
+            tok,
+            test,
+            seen,
+            batch_size=cfg.eval.batch_size,
+            list_candidates=cfg.eval.list_candidates,
+            score=cfg.eval.score,
+            max_length=cfg.train.max_length,
+            desc=f"T{i + 1} rescore",
+        )
+        rows = prediction_rows(test, preds, task_of)
+        row = metrics.accuracy_row(rows, i + 1)
+        matrix.append(row)
+        line = {
+            **lines[i],
+            "seen_accuracy": metrics.seen_accuracy(rows),
+            "accuracy_row": row,
+            "n_test": len(rows),
+            "rescored_from": str(run_dir),
+            "rescore_seconds": time.time() - t0,
+        }
+        _write_jsonl(out_dir / "predictions" / f"task_{i:02d}.jsonl", rows)
+        _write_json(
+            out_dir / "accuracy_matrix.json", {"tasks": [list(t.relations) for t in stream.tasks], "matrix": matrix}
+        )
+        with open(out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        tqdm.write(
+            f"T{i + 1}: seen acc {100 * line['seen_accuracy']:.1f}% on {len(rows)} instances "
+            f"(run: {100 * lines[i]['seen_accuracy']:.1f}% on {lines[i]['n_test']})"
+        )
+
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():  # the run was complete: so is the rescore
+        seen_acc = [line["seen_accuracy"] for line in completed_tasks(out_dir)]
+        summary = {
+            **json.loads(summary_path.read_text()),
+            "seen_accuracy": seen_acc,
+            "average_accuracy": metrics.average_accuracy(seen_acc),
+            "final_accuracy": metrics.final_accuracy(seen_acc),
+            "forgetting": metrics.forgetting(matrix),
+            "backward_transfer": metrics.backward_transfer(matrix),
+            "rescored_from": str(run_dir),
+            "rescore_seconds": time.time() - t_start,
+        }
+        _write_json(out_dir / "summary.json", summary)
+        print(
+            f"done: {out_dir}  final {100 * summary['final_accuracy']:.1f}%  average "
+            f"{100 * summary['average_accuracy']:.1f}%"
+        )
+    return out_dir
