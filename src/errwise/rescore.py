@@ -22,15 +22,16 @@ from tqdm.auto import tqdm
 from errwise import metrics
 from errwise.config import RunConfig, save_yaml, to_dict
 from errwise.errors import ErrwiseError
-from errwise.evaluate import predict
 from errwise.methods import build_method
-from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype
+from errwise.model import load_tokenizer, pick_device
 from errwise.run import (
     _write_json,
     _write_jsonl,
     completed_tasks,
     eval_instances,
+    load_run_model,
     make_stream,
+    predict_with,
     prediction_rows,
     resume_config,
 )
@@ -103,31 +104,11 @@ def rescore(
     t_start = time.time()
     for i in tqdm(range(len(done), len(lines)), desc="rescore tasks", disable=None):
         t0 = time.time()
-        m = cfg.model  # a fresh model per checkpoint (loading the cached base weights takes about a second)
-        model = load_model(
-            m.name,
-            device=device,
-            dtype=pick_dtype(m.dtype, device),
-            lora=m.lora,
-            lora_r=m.lora_r,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.lora_dropout,
-            lora_targets=m.lora_targets,
-            adapter=run_dir / "checkpoints" / f"task_{i:02d}",
-        )
+        # a fresh model per checkpoint (loading the cached base weights takes about a second)
+        model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{i:02d}")
         seen = tuple(stream.relation(r) for r in stream.seen_relations(i))
         test = eval_instances(stream, i, split)
-        preds = predict(
-            model,
-            tok,
-            test,
-            seen,
-            batch_size=cfg.eval.batch_size,
-            list_candidates=cfg.eval.list_candidates,
-            score=cfg.eval.score,
-            max_length=cfg.train.max_length,
-            desc=f"T{i + 1} rescore",
-        )
+        preds = predict_with(cfg, model, tok, test, seen, desc=f"T{i + 1} rescore")
         rows = prediction_rows(test, preds, task_of)
         row = metrics.accuracy_row(rows, i + 1)
         matrix.append(row)

@@ -76,6 +76,39 @@ def _comparable(cfg: RunConfig) -> dict:
     return d
 
 
+def load_run_model(cfg: RunConfig, device: torch.device, adapter: Path | None = None):
+    """The run's model: fresh LoRA adapters, or a task checkpoint's (`adapter`)."""
+    m = cfg.model
+    return load_model(
+        m.name,
+        device=device,
+        dtype=pick_dtype(m.dtype, device),
+        lora=m.lora,
+        lora_r=m.lora_r,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.lora_dropout,
+        lora_targets=m.lora_targets,
+        adapter=adapter,
+    )
+
+
+def predict_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=None, desc="predict") -> list[str]:
+    """Class-incremental prediction with the run's evaluation settings."""
+    e = cfg.eval
+    return predict(
+        model,
+        tok,
+        instances,
+        candidates,
+        batch_size=e.batch_size,
+        list_candidates=e.list_candidates,
+        score=e.score,
+        max_length=cfg.train.max_length,
+        hints=hints,
+        desc=desc,
+    )
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -133,17 +166,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     adapter = run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None
     tok = load_tokenizer(m.name)
     seed_everything(cfg.train.seed)
-    model = load_model(
-        m.name,
-        device=device,
-        dtype=pick_dtype(m.dtype, device),
-        lora=m.lora,
-        lora_r=m.lora_r,
-        lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout,
-        lora_targets=m.lora_targets,
-        adapter=adapter,
-    )
+    model = load_run_model(cfg, device, adapter)
     memory: dict[str, list[RelationInstance]] = {}
     if done:
         saved = json.loads((run_dir / "memory" / f"task_{len(done) - 1:02d}.json").read_text())
@@ -162,18 +185,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             return distributed.map_sharded(lambda part: _predict(part, desc, _seen), instances)
 
         def _predict(instances, desc, _seen):
-            return predict(
-                model,
-                tok,
-                instances,
-                _seen,
-                batch_size=cfg.eval.batch_size,
-                list_candidates=cfg.eval.list_candidates,
-                score=cfg.eval.score,
-                max_length=cfg.train.max_length,
-                hints=method.hints(instances),
-                desc=desc,
-            )
+            return predict_with(cfg, model, tok, instances, _seen, hints=method.hints(instances), desc=desc)
 
         ctx = TaskContext(cfg, stream, task, seen, memory, model, tok, method_dir, predict_seen)
 
