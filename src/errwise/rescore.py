@@ -65,7 +65,7 @@ def rescore(
     if not lines:
         raise ErrwiseError(f"{run_dir} has no completed task (no metrics.jsonl): nothing to rescore")
     if out_dir.resolve() == run_dir.resolve():
-        raise ErrwiseError(f"--output {out_dir} is the run itself; rescoring writes a new folder")
+        raise ErrwiseError(f"{out_dir} is the run itself; rescoring writes a new folder")
     old = resume_config(run_dir)
     if getattr(build_method(old.method), "hints_at_inference", False):
         raise ErrwiseError(
@@ -84,7 +84,7 @@ def rescore(
     if done:
         saved = resume_config(out_dir)
         if {**to_dict(saved), "output_dir": None} != {**to_dict(cfg), "output_dir": None}:
-            raise ErrwiseError(f"{out_dir} holds a rescore with other settings; pass another --output")
+            raise ErrwiseError(f"{out_dir} holds a rescore with other settings; pass another --out")
     stream = make_stream(cfg)
     if split == "val" and not any(t.val for t in stream.tasks):
         raise ErrwiseError(f"{run_dir}'s split holds no validation instances (data.val_size 0); rescore on test")
