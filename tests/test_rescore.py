@@ -40,9 +40,9 @@ def test_rescore_on_more_instances_is_a_run_folder_with_a_superset_of_the_senten
     for i, (line, old) in enumerate(zip(lines, original)):
         assert line["n_test"] == 4 * 2 * (i + 1) and old["n_test"] == 2 * 2 * (i + 1)
         assert line["train_steps"] == old["train_steps"] and line["train_loss"] == old["train_loss"]
-        uids = {p["uid"] for p in read_jsonl(out / "predictions" / f"task_{i:02d}.jsonl")}
-        assert uids > {p["uid"] for p in read_jsonl(small_run / "predictions" / f"task_{i:02d}.jsonl")}
         preds = read_jsonl(out / "predictions" / f"task_{i:02d}.jsonl")
+        uids = {p["uid"] for p in preds}
+        assert uids > {p["uid"] for p in read_jsonl(small_run / "predictions" / f"task_{i:02d}.jsonl")}
         assert line["seen_accuracy"] == sum(p["correct"] for p in preds) / len(preds)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_accuracy"] == lines[-1]["seen_accuracy"]

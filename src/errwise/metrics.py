@@ -71,6 +71,17 @@ def backward_transfer(matrix: Sequence[Sequence[float]]) -> float:
     return _nanmean([matrix[last][j] - matrix[j][j] for j in range(last)])
 
 
+def summary(seen: Sequence[float], matrix: Sequence[Sequence[float]]) -> dict[str, object]:
+    """The accuracy figures of a run's summary.json."""
+    return {
+        "seen_accuracy": list(seen),
+        "average_accuracy": average_accuracy(seen),
+        "final_accuracy": final_accuracy(seen),
+        "forgetting": forgetting(matrix),
+        "backward_transfer": backward_transfer(matrix),
+    }
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample std (ddof=1, as papers report over task orders); std 0.0 for a single value."""
     arr = np.asarray(values, dtype=float)

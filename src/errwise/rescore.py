@@ -20,13 +20,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from errwise import metrics
-from errwise.config import RunConfig, save_yaml, to_dict
+from errwise.config import RunConfig, save_yaml
 from errwise.errors import ErrwiseError
 from errwise.methods import build_method
 from errwise.model import load_tokenizer, pick_device
 from errwise.run import (
+    _comparable,
     _write_json,
-    _write_jsonl,
     completed_tasks,
     eval_instances,
     load_run_model,
@@ -34,6 +34,7 @@ from errwise.run import (
     predict_with,
     prediction_rows,
     resume_config,
+    write_task_results,
 )
 
 
@@ -83,7 +84,7 @@ def rescore(
     done = completed_tasks(out_dir)
     if done:
         saved = resume_config(out_dir)
-        if {**to_dict(saved), "output_dir": None} != {**to_dict(cfg), "output_dir": None}:
+        if _comparable(saved) != _comparable(cfg):
             raise ErrwiseError(f"{out_dir} holds a rescore with other settings; pass another --out")
     stream = make_stream(cfg)
     if split == "val" and not any(t.val for t in stream.tasks):
@@ -91,8 +92,7 @@ def rescore(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "predictions").mkdir(exist_ok=True)
     save_yaml(cfg, out_dir / "config.yaml")
-    for name in ("relations.json",):
-        shutil.copy(run_dir / name, out_dir / name)
+    shutil.copy(run_dir / "relations.json", out_dir / "relations.json")
     for sub in ("memory", "error_cases"):  # what the run trained with: the report's error-case table reads it
         if (run_dir / sub).is_dir() and not (out_dir / sub).exists():
             shutil.copytree(run_dir / sub, out_dir / sub)
@@ -100,6 +100,7 @@ def rescore(
     task_of = {r: t.index for t in stream.tasks for r in t.relations}
     device = pick_device(cfg.model.device)
     tok = load_tokenizer(cfg.model.name)
+    written = list(done)
     matrix = [line["accuracy_row"] for line in done]
     t_start = time.time()
     for i in tqdm(range(len(done), len(lines)), desc="rescore tasks", disable=None):
@@ -120,12 +121,8 @@ def rescore(
             "rescored_from": str(run_dir),
             "rescore_seconds": time.time() - t0,
         }
-        _write_jsonl(out_dir / "predictions" / f"task_{i:02d}.jsonl", rows)
-        _write_json(
-            out_dir / "accuracy_matrix.json", {"tasks": [list(t.relations) for t in stream.tasks], "matrix": matrix}
-        )
-        with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
+        write_task_results(out_dir, stream, i, rows, matrix, line)
+        written.append(line)
         tqdm.write(
             f"T{i + 1}: seen acc {100 * line['seen_accuracy']:.1f}% on {len(rows)} instances "
             f"(run: {100 * lines[i]['seen_accuracy']:.1f}% on {lines[i]['n_test']})"
@@ -133,14 +130,9 @@ def rescore(
 
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():  # the run was complete: so is the rescore
-        seen_acc = [line["seen_accuracy"] for line in completed_tasks(out_dir)]
         summary = {
             **json.loads(summary_path.read_text()),
-            "seen_accuracy": seen_acc,
-            "average_accuracy": metrics.average_accuracy(seen_acc),
-            "final_accuracy": metrics.final_accuracy(seen_acc),
-            "forgetting": metrics.forgetting(matrix),
-            "backward_transfer": metrics.backward_transfer(matrix),
+            **metrics.summary([line["seen_accuracy"] for line in written], matrix),
             "rescored_from": str(run_dir),
             "rescore_seconds": time.time() - t_start,
         }

@@ -279,13 +279,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
                 run_dir / "memory" / f"task_{task.index:02d}.json",
                 {r: [x.uid for x in xs] for r, xs in memory.items()},
             )
-            _write_jsonl(run_dir / "predictions" / f"task_{task.index:02d}.jsonl", rows)
-            _write_json(
-                run_dir / "accuracy_matrix.json",
-                {"tasks": [list(t_.relations) for t_ in stream.tasks], "matrix": matrix},
-            )
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
+            write_task_results(run_dir, stream, task.index, rows, matrix, line)
             tqdm.write(
                 f"T{task.index + 1}/{len(stream.tasks)} seen acc {100 * line['seen_accuracy']:.1f}% "
                 f"[{' '.join(f'{100 * a:.0f}' for a in row)}] loss {stats.loss:.3f} steps {stats.steps} "
@@ -300,11 +294,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         "dataset": cfg.data.dataset,
         "order": cfg.data.order,
         "model": cfg.model.name,
-        "seen_accuracy": seen_acc,
-        "average_accuracy": metrics.average_accuracy(seen_acc),
-        "final_accuracy": metrics.final_accuracy(seen_acc),
-        "forgetting": metrics.forgetting(matrix),
-        "backward_transfer": metrics.backward_transfer(matrix),
+        **metrics.summary(seen_acc, matrix),
         "wall_seconds": time.time() - start_time,
     }
     if not main:
@@ -316,6 +306,18 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         f"average {100 * summary['average_accuracy']:.1f}%  ({summary['wall_seconds']:.0f}s)"
     )
     return run_dir
+
+
+def write_task_results(
+    run_dir: Path, stream: TaskStream, task_index: int, rows: list[dict], matrix: list[list[float]], line: dict
+) -> None:
+    """A task's predictions, the accuracy matrix so far, and its metrics.jsonl line, last (it marks the task done)."""
+    _write_jsonl(run_dir / "predictions" / f"task_{task_index:02d}.jsonl", rows)
+    _write_json(
+        run_dir / "accuracy_matrix.json", {"tasks": [list(t.relations) for t in stream.tasks], "matrix": matrix}
+    )
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def eval_instances(stream: TaskStream, task_index: int, split: str) -> list[RelationInstance]:
