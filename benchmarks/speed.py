@@ -4,8 +4,10 @@
     python benchmarks/speed.py --model Qwen/Qwen2.5-0.5B-Instruct --random-init   # speed needs no weights
 
 Measures: training tokens/s (LoRA, batch 8, the plain instruction), prediction instances/s among 8, 40 and
-80 candidate relations (exact pruned scoring and the exhaustive reference, side by side with the cheapest
-forward pass over the same prompts alone: last-position logits only), and peak memory (RSS on CPU,
+80 candidate relations (exact pruned scoring, first-token ranking with shared first tokens resolved exactly
+(eval.search first_token, not exact: its agreement with the reference and both paths' correct answers are
+printed), and the exhaustive reference, side by side with the cheapest forward pass over the same prompts
+alone: last-position logits only), and peak memory (RSS on CPU,
 allocator peak on GPU). With a peak FLOP/s (known GPUs, or --peak-tflops) it prints model FLOPs utilisation:
 training counts 4 x (linear-layer parameters) FLOPs per token for LoRA (forward + activation gradients; the
 frozen weights get no gradient), 6 x for full fine-tuning, plus the vocabulary projection where it is
@@ -160,15 +162,25 @@ def main() -> None:
         fwd_flops = 2 * blocks * sum(len(p) for p in prompts) + 2 * head * len(prompts)
         row = [f"{n:>2} candidates: forward only {len(insts) / fwd:7.1f} inst/s ({mfu(fwd_flops, fwd, peak)})"]
         preds = {}
-        for name, exhaustive in (("pruned", False), ("exhaustive", True)):
+        paths = (("pruned", "exact", False), ("first-token", "first_token", False), ("exhaustive", "exact", True))
+        for name, search, exhaustive in paths:
             t = time.time()
-            preds[name] = predict(model, tok, insts, cands, batch_size=args.eval_batch_size, exhaustive=exhaustive)
+            preds[name] = predict(
+                model, tok, insts, cands, batch_size=args.eval_batch_size, search=search, exhaustive=exhaustive
+            )
             dt = time.time() - t
             row.append(f"{name} {len(insts) / dt:7.1f} inst/s ({dt / fwd:4.2f}x forward)")
             if name == "pruned":
                 pruned_rate[n] = len(insts) / dt
-        same = sum(a == b for a, b in zip(preds["pruned"], preds["exhaustive"]))
-        print("predict " + " | ".join(row) + f" | agreement {same}/{len(insts)}")
+        agree = ", ".join(
+            f"{name} {sum(a == b for a, b in zip(preds[name], preds['exhaustive']))}/{len(insts)}"
+            for name in ("pruned", "first-token")
+        )
+        correct = ", ".join(
+            f"{name} {sum(p == x.relation for p, x in zip(preds[name], insts))}"
+            for name in ("exhaustive", "first-token")
+        )
+        print("predict " + " | ".join(row) + f" | agreement with exhaustive: {agree} | correct: {correct}")
     print(f"peak memory: {peak_memory_mb(device):,.0f} MB")
 
     # One task of the standard FewRel protocol (configs/fewrel.yaml: 1 epoch over 8 x 420 training sentences

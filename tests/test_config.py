@@ -20,6 +20,8 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path):
         from_dict({"trainer": {}}, source="x.yaml")
     with pytest.raises(ErrwiseError, match="train.batch_size"):
         from_dict({"train": {"batch_size": 0}})
+    with pytest.raises(ErrwiseError, match="eval.search must be exact or first_token"):
+        from_dict({"eval": {"search": "beam"}})
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed")
     with pytest.raises(ErrwiseError, match="bad.yaml"):

@@ -117,6 +117,56 @@ def test_scoring_matches_reference(tiny, tiny_model_dir, score, names, attn):
         assert torch.allclose(scores[scored], scores_ex[scored], atol=1e-6)
 
 
+# Names whose first token is a whole word in the tiny tokenizer, shared by some ("the", "the head"), so ranking by
+# the first token leaves ties to resolve. In SHARED every name starts with the same token there (a bare space).
+FIRST_TOKENS = [
+    "the head",
+    "head",
+    "the tail",
+    "tail of the",
+    "relation",
+    "the",
+    "of the head",
+    "tail",
+    "in",
+    "of",
+    "was born in",
+    "founded by",
+    "place of birth",
+    "country",
+    "member of",
+]
+
+
+@pytest.mark.parametrize("score", ["sum", "mean"])
+@pytest.mark.parametrize("names", [FIRST_TOKENS, SHARED], ids=["first-tokens", "shared-prefixes"])
+def test_first_token_search_ranks_by_first_token_and_breaks_ties_exactly(tiny, score, names):
+    """eval.search first_token: the label with the most probable first token; among labels sharing it, the best
+    by full scoring (the slow reference), so a shared first token is resolved exactly."""
+    model, tok = tiny
+    prompts = encode_prompts(tok, SENTENCES) + [tok("Relation:")["input_ids"]]
+    labels = build_labels(tok, names)
+    ref = reference_scores(model, tok, prompts, names, mean=score == "mean")
+    first = [label_ids(tok, n)[0] for n in names]
+    pred, scores = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id, score=score, first_token=True)
+    sizes = []
+    for i, p in enumerate(prompts):
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([p])).logits[0, -1].float(), -1)
+        best = max(set(first), key=lambda t: float(lp[t]))
+        group = [c for c in range(len(names)) if first[c] == best]
+        expected = max(group, key=lambda c: (float(ref[i, c]), -c))
+        assert int(pred[i]) == expected
+        assert torch.isfinite(scores[i, expected])
+        if len(group) == 1:  # alone under the best first token: chosen without further scoring
+            assert torch.isinf(scores[i]).sum() == len(names) - 1
+        sizes.append(len(group))
+    if names is FIRST_TOKENS:  # both paths ran: a label alone under its first token, and a tie resolved by search
+        assert min(sizes) == 1 < max(sizes), sizes
+    else:  # one first token for all: the exact search
+        assert pred.tolist() == ref.argmax(1).tolist()
+
+
 def test_vocabulary_projection_gets_a_contiguous_input(tiny):
     """With `logits_to_keep` the model slices the hidden states; the head must get a contiguous copy (on a
     strided view a CPU linear layer copies the whole weight once per row)."""

@@ -78,3 +78,24 @@ def test_rescore_refuses_what_it_cannot_score(tiny_model_dir, small_run, tmp_pat
     (lessons / "metrics.jsonl").write_text(json.dumps({"task": 0}) + "\n")
     with pytest.raises(ErrwiseError, match="hints"):
         rescore(lessons, tmp_path / "x", max_test=4)
+
+
+def test_rescore_with_another_search_is_its_own_group(small_run, tmp_path):
+    """--search first_token: the run's checkpoints scored with eval.search first_token (the same predictions as
+    predicting with that search from the checkpoint), in a folder and a compare group of their own."""
+    import torch
+
+    from errwise.model import load_tokenizer
+    from errwise.run import eval_instances, load_run_model, make_stream, predict_with, resume_config
+
+    assert main(["rescore", str(small_run), "--max-test", "2", "--search", "first_token"]) == 0
+    out = small_run.parent / f"{small_run.name}-test2-first_token"
+    cfg = resume_config(out)
+    assert cfg.eval.search == "first_token" and resume_config(small_run).eval.search == "exact"
+    stream = make_stream(cfg)
+    model = load_run_model(cfg, torch.device("cpu"), small_run / "checkpoints" / "task_02")
+    test = eval_instances(stream, 2, "test")
+    seen = tuple(stream.relation(r) for r in stream.seen_relations(2))
+    expected = predict_with(cfg, model, load_tokenizer(cfg.model.name), test, seen)
+    assert [p["pred"] for p in read_jsonl(out / "predictions" / "task_02.jsonl")] == expected
+    assert "eval.search=first_token" in compare_table([small_run, out], baseline="replay (eval.search=exact)")

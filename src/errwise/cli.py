@@ -75,9 +75,18 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     split = "val" if args.max_val is not None and args.max_test is None else "test"
     split = args.split or split
     tag = f"{split}{args.max_val if split == 'val' else args.max_test or 'all'}"
+    tag += f"-{args.search}" if args.search else ""
     for run_dir in args.runs:
         out = Path(args.out) / Path(run_dir).name if args.out else Path(f"{run_dir.rstrip('/')}-{tag}")
-        rescore(Path(run_dir), out, split=split, max_test=args.max_test, max_val=args.max_val, data_path=args.data_path)
+        rescore(
+            Path(run_dir),
+            out,
+            split=split,
+            max_test=args.max_test,
+            max_val=args.max_val,
+            data_path=args.data_path,
+            search=args.search,
+        )
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
@@ -118,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--max-val", type=int, help="validation instances per relation (with --split val)")
     sp.add_argument("--split", choices=("test", "val"), help="test (default) or val")
     sp.add_argument("--data-path", help="dataset folder, when it moved since the run")
+    sp.add_argument(
+        "--search", choices=("exact", "first_token"), help="prediction search (eval.search; default: the run's)"
+    )
     sp.add_argument("--out", help="parent folder of the rescored runs (default: beside each run, RUN-test<N>)")
     sub.add_parser("methods", help="list the registered continual methods")
     args = parser.parse_args(argv)

@@ -243,10 +243,18 @@ class EvalConfig:
     list_candidates: bool = _f(False, "List the candidate relations in the prompt (measured: see README).")
     score: str = _f("sum", "Candidate score: `sum` of label-token log-probs (+ end token) or length-`mean`.")
     split: str = _f("test", "Evaluate on `test`, or on `val` to choose hyperparameters without the test set.")
+    search: str = _f(
+        "exact",
+        "`exact`: the best label by full scoring; `first_token`: ranked by the first label token, shared first "
+        "tokens resolved exactly (cheaper at many candidates, not exact; measured: README).",
+    )
 
     def __post_init__(self) -> None:
         _check(self.score in ("sum", "mean"), f"eval.score must be sum or mean, got {self.score!r}")
         _check(self.split in ("test", "val"), f"eval.split must be test or val, got {self.split!r}")
+        _check(
+            self.search in ("exact", "first_token"), f"eval.search must be exact or first_token, got {self.search!r}"
+        )
 
 
 @dataclass(frozen=True)

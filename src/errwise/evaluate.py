@@ -40,12 +40,15 @@ def predict(
     list_candidates: bool = False,
     score: str = "sum",
     max_length: int = 256,
+    search: str = "exact",
     exhaustive: bool = False,
     hints: Sequence[str] | None = None,
     desc: str = "predict",
 ) -> list[str]:
     """The predicted relation id of every instance, among `candidates` (the relations seen so far); `hints[i]`
-    (e.g. retrieved lessons) is put first in instance i's prompt."""
+    (e.g. retrieved lessons) is put first in instance i's prompt. `search`: `exact` (the best label by full
+    scoring) or `first_token` (ranked by the first label token, shared first tokens resolved exactly; see
+    `score_candidates`)."""
     if not instances:
         return []
     model.eval()
@@ -62,6 +65,7 @@ def predict(
             pad_id=tok.pad_token_id,
             score=score,
             exhaustive=exhaustive,
+            first_token=search == "first_token",
         )
         for i, b in zip(idx, best.tolist()):
             preds[i] = candidates[b].id

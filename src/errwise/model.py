@@ -372,6 +372,7 @@ def score_candidates(
     pad_id: int,
     score: str = "sum",
     exhaustive: bool = False,
+    first_token: bool = False,
     max_tokens: int = 2048,
     widths: tuple[int, ...] = (4, 4, 16),
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,8 +390,13 @@ def score_candidates(
        first rounds find a good label cheaply for a confident model, wide later ones keep the number of
        rounds down for an uncertain one (zero-shot: ~65 of 168 FewRel nodes at 80 candidates).
        `exhaustive=True` feeds every node, level by level (the reference path; same arithmetic).
+    `first_token=True` is not exact: it ranks the labels by their first token's log-probability and breaks a
+    tie (labels sharing the best first token, e.g. "country" and "country of origin") exactly, by the search
+    above restricted to those labels. A label alone under the best first token wins without being scored
+    further, so the cost is the prompts' forward plus a search only where first tokens are shared; its score
+    is then its first token's log-probability. How often it differs from exact scoring: benchmarks/speed.py.
     Returns (pred, scores): pred (B,) candidate index; scores (B, C) with -inf where pruned.
-    Ties go to the lower candidate index on both paths.
+    Ties go to the lower candidate index on every path.
     """
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id)
@@ -411,6 +417,14 @@ def score_candidates(
     known = (parent < 0).expand(B, N).clone()  # (B, N) node_score is set
     fed = torch.zeros((B, N), dtype=torch.bool, device=device)
     parent_x = parent.masked_fill(parent < 0, N)  # N: a dummy column that is never fed
+    alone = None
+    if first_token:
+        d1 = node_score[:, depth1]  # (B, D)
+        best = d1 >= d1.max(1, keepdim=True).values  # (B, D) the best first token(s)
+        group = labels.ancestor.to(device)[leaf][:, depth1].float().argmax(1)  # (C,) each label's first token
+        tied = best[:, group]  # (B, C) labels under a best first token
+        alone = tied.sum(1) == 1  # (B,) one such label: it wins, no search
+        known[:, depth1] = best & ~alone[:, None]  # the search sees the tied labels' subtrees only
 
     def label_scores() -> torch.Tensor:  # (B, C), -inf where not scored
         s = node_score[:, leaf] / lengths if score == "mean" else node_score[:, leaf]
@@ -449,5 +463,8 @@ def score_candidates(
             known[chunk] |= hit
             fed[chunk] |= torch.zeros_like(slot, dtype=torch.bool).scatter_(1, nodes_x, True)[:, :N]
     scores = label_scores()
+    if alone is not None:
+        first_score = node_score[:, depth1][:, group]  # (B, C)
+        scores = torch.where(alone[:, None] & tied, first_score, scores)
     pred = scores.argmax(1)  # first maximum: ties go to the lower index
     return pred.cpu(), scores.cpu()

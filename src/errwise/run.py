@@ -103,6 +103,7 @@ def predict_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=Non
         batch_size=e.batch_size,
         list_candidates=e.list_candidates,
         score=e.score,
+        search=e.search,
         max_length=cfg.train.max_length,
         hints=hints,
         desc=desc,
