@@ -4,14 +4,14 @@
     python benchmarks/speed.py --model Qwen/Qwen2.5-0.5B-Instruct --random-init   # speed needs no weights
 
 Measures: training tokens/s (LoRA, batch 8, the plain instruction), prediction instances/s among 8, 40 and
-80 candidate relations (exact pruned scoring, first-token ranking with shared first tokens resolved exactly
-(eval.search first_token, not exact: its agreement with the reference and both paths' correct answers are
-printed), and the exhaustive reference, side by side with the cheapest forward pass over the same prompts
-alone: last-position logits only), and peak memory (RSS on CPU,
-allocator peak on GPU). With a peak FLOP/s (known GPUs, or --peak-tflops) it prints model FLOPs utilisation:
-training counts 4 x (linear-layer parameters) FLOPs per token for LoRA (forward + activation gradients; the
-frozen weights get no gradient), 6 x for full fine-tuning, plus the vocabulary projection where it is
-computed; prediction counts 2 x per prompt token. Attention-score FLOPs are left out (short sequences).
+80 candidate relations (exact pruned scoring; first-token ranking with shared first tokens resolved exactly,
+eval.search first_token, which is not exact: its agreement with the reference and both paths' correct answers
+are printed; the exhaustive reference; all side by side with the cheapest forward pass over the same prompts
+alone: last-position logits only), and peak memory (RSS on CPU, allocator peak on GPU). With a peak FLOP/s
+(known GPUs, or --peak-tflops) it prints model FLOPs utilisation: training counts 4 x (linear-layer
+parameters) FLOPs per token for LoRA (forward + activation gradients; the frozen weights get no gradient), 6 x
+for full fine-tuning, plus the vocabulary projection where it is computed; prediction counts 2 x per prompt
+token. Attention-score FLOPs are left out (short sequences).
 """
 
 from __future__ import annotations
