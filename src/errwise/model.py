@@ -419,12 +419,11 @@ def score_candidates(
     parent_x = parent.masked_fill(parent < 0, N)  # N: a dummy column that is never fed
     alone = None
     if first_token:
-        d1 = node_score[:, depth1]  # (B, D)
-        best = d1 >= d1.max(1, keepdim=True).values  # (B, D) the best first token(s)
-        group = labels.ancestor.to(device)[leaf][:, depth1].float().argmax(1)  # (C,) each label's first token
-        tied = best[:, group]  # (B, C) labels under a best first token
+        top = first[:, token[depth1]].max(1, keepdim=True).values  # (B, 1) the best first token's log-prob
+        lead = first[:, labels.ids[:, 0].to(device)]  # (B, C) each label's first token's log-prob
+        tied = lead >= top  # (B, C) labels under a best first token
         alone = tied.sum(1) == 1  # (B,) one such label: it wins, no search
-        known[:, depth1] = best & ~alone[:, None]  # the search sees the tied labels' subtrees only
+        known[:, depth1] = (node_score[:, depth1] >= top) & ~alone[:, None]  # only the tied labels' subtrees
 
     def label_scores() -> torch.Tensor:  # (B, C), -inf where not scored
         s = node_score[:, leaf] / lengths if score == "mean" else node_score[:, leaf]
@@ -464,7 +463,6 @@ def score_candidates(
             fed[chunk] |= torch.zeros_like(slot, dtype=torch.bool).scatter_(1, nodes_x, True)[:, :N]
     scores = label_scores()
     if alone is not None:
-        first_score = node_score[:, depth1][:, group]  # (B, C)
-        scores = torch.where(alone[:, None] & tied, first_score, scores)
+        scores = torch.where(alone[:, None] & tied, lead, scores)
     pred = scores.argmax(1)  # first maximum: ties go to the lower index
     return pred.cpu(), scores.cpu()
