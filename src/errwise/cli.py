@@ -6,6 +6,7 @@ Every user error is one line on stderr (`error: ...`) and exit status 2; never a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -96,6 +97,119 @@ def cmd_methods(args: argparse.Namespace) -> None:
         print(name)
 
 
+def _extractor_parsers(sub: argparse._SubParsersAction) -> None:
+    """`predict`, `learn`, `export`: use what a run trained (see docs/extractor.md)."""
+    from errwise.config import field_types
+
+    p = sub.add_parser(
+        "predict",
+        help="the relation of new sentences, from a run, extractor or export folder",
+        description="Predict the relation of each record of INPUT (errwise JSONL: text + head + tail, or tokens + "
+        "spans; no relation needed) among every relation SOURCE has learned. One JSON line per record, in order: "
+        '{"relation", "name", "score", "top": [[id, p], ...]}; p is the softmax of the exact label scores over the '
+        "learned relations.",
+    )
+    p.add_argument("source", help="run folder (its last completed task), extractor folder or export folder")
+    p.add_argument("input", help="errwise JSONL file, or - for standard input")
+    p.add_argument("--top-k", type=int, default=3, help="relations listed in `top` [3]")
+    p.add_argument("--min-score", type=float, help='answer "relation": null when the best probability is below P')
+    p.add_argument("--out", help="write the answers to this file (atomically) instead of standard output")
+    p.add_argument("--batch-size", type=int, help="sentences per batch [the source's eval.batch_size]")
+    p.add_argument("--device", help="auto, cpu, cuda, ... [the source's model.device]")
+    lp = sub.add_parser(
+        "learn",
+        help="teach a trained model new relations (or more of learned ones) from your own JSONL",
+        description="One more task on SOURCE's model, memory and method, from DATA (errwise JSONL with relation). "
+        "Holds out --test-fraction of DATA per relation, reports accuracy on the new relations' held-out part and "
+        "on the old relations' test data, and writes --output_dir as an extractor folder. SOURCE is never changed. "
+        "Any option of `errwise run` except data.* can be overridden: --train.epochs 3.",
+    )
+    lp.add_argument("source", help="run folder or extractor folder")
+    lp.add_argument("data", help="errwise JSONL with a relation per record (new relations: 2 instances or more)")
+    lp.add_argument("--output_dir", required=True, help="the new extractor folder (must not exist)")
+    lp.add_argument("--method", help="continual method of this step [the source's method.name]")
+    lp.add_argument("--test-fraction", type=float, default=0.2, help="held out per relation, seeded [0.2]")
+    lp.add_argument("--relations", help="names and descriptions of DATA's relations: {id: {name, description}}")
+    for key in field_types():
+        if "." in key and not key.startswith("data."):
+            lp.add_argument(f"--{key}", metavar="V", dest=key, help="as in `errwise run`")
+    ep = sub.add_parser(
+        "export",
+        help="a standard Hugging Face folder (adapter or merged weights) plus relations and prompt template",
+    )
+    ep.add_argument("source", help="run folder, extractor folder or export folder")
+    ep.add_argument("out", help="the export folder (must not exist)")
+    ep.add_argument("--merge", action="store_true", help="merge the LoRA adapter into full weights")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from errwise.extractor import Extractor, check_source, read_records, write_text
+
+    if args.top_k < 1:
+        raise ErrwiseError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.min_score is not None and not 0 <= args.min_score <= 1:
+        raise ErrwiseError(f"--min-score is a probability in [0, 1], got {args.min_score}")
+    check_source(Path(args.source))
+    records = read_records(args.input, labelled=False)
+    ext = Extractor.load(args.source, device=args.device)
+    rows = ext.predict(records, top_k=args.top_k, min_score=args.min_score, batch_size=args.batch_size)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.out:
+        write_text(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_learn(args: argparse.Namespace) -> None:
+    from errwise.config import parse_value
+    from errwise.data.formats import read_relations
+    from errwise.extractor import Extractor, check_source, read_records
+
+    out = Path(args.output_dir)
+    if out.exists():
+        raise ErrwiseError(f"{out} exists; pass a new --output_dir (SOURCE and earlier extractors are never changed)")
+    check_source(Path(args.source))
+    data = read_records(args.data, labelled=True)
+    names = read_relations(Path(args.relations)) if args.relations else None
+    overrides = {k: parse_value(k, v) for k, v in vars(args).items() if "." in k and v is not None}
+    ext = Extractor.load(args.source)
+    new = ext.learn(
+        data,
+        relations=names,
+        method=args.method,
+        test_fraction=args.test_fraction,
+        overrides=overrides,
+        source=args.data,
+    )
+    new.save(out)
+    h = new.history[-1]
+    pct = lambda a: "n/a" if a is None else f"{100 * a:.1f}%"  # noqa: E731
+    print(
+        f"learned {len(h['new_relations'])} new relation(s) {', '.join(h['new_relations']) or '-'}"
+        + (f" and more of {', '.join(h['more_of'])}" if h["more_of"] else "")
+        + f" with {h['method']}: {h['train_instances']} instances trained on, {h['held_out']} held out, "
+        f"{h['train_steps']} steps ({h['seconds']:.0f}s)"
+    )
+    print(f"new relations: {pct(h['new_accuracy'])} on {h['new_test']} held-out instances")
+    forgetting = "n/a" if h["forgetting"] is None else f"{100 * h['forgetting']:.1f} points"
+    print(
+        f"old relations: {pct(h['old_accuracy'])} on {h['old_test']} test instances "
+        f"(before: {pct(h['old_accuracy_before'])}, forgetting {forgetting})"
+    )
+    print(f"wrote {out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from errwise.extractor import Extractor, check_source
+
+    out = Path(args.out)
+    if out.exists():
+        raise ErrwiseError(f"{out} exists; pass a new folder")
+    check_source(Path(args.source))
+    Extractor.load(args.source).export(out, merge=args.merge)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="errwise", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,11 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     sp.add_argument("--out", help="parent folder of the rescored runs (default: beside each run, RUN-test<N>)")
     sub.add_parser("methods", help="list the registered continual methods")
+    _extractor_parsers(sub)
     args = parser.parse_args(argv)
+    commands = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "rescore": cmd_rescore}
+    commands |= {"methods": cmd_methods, "predict": cmd_predict, "learn": cmd_learn, "export": cmd_export}
     try:
-        {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "rescore": cmd_rescore, "methods": cmd_methods}[
-            args.command
-        ](args)
+        commands[args.command](args)
     except ErrwiseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,672 @@
+"""A living extractor: predict the relation of new sentences, learn one more task from a user's own data, export.
+
+`Extractor.load(path)` reads any of three folders:
+- a run folder (`errwise run`): its last completed task's checkpoint and the relations seen so far; its memory
+  and old test instances come from the run's dataset (loaded again only when learning);
+- an extractor folder (`errwise learn`, `Extractor.save`): everything needed without the original data files,
+  see `save`;
+- an export folder (`errwise export`): a standard Hugging Face folder plus `errwise.json`; predict only.
+
+Prediction is class-incremental over every learned relation, as in evaluation: each relation's label (name + end
+token) is scored after the prompt (`model.score_candidates`). To give a probability to every relation, every
+label is scored in full (`exhaustive=True`, the same arithmetic as the pruned exact search, which may leave
+non-best labels at -inf), and the probability of a relation is the softmax of those exact scores over the
+learned relations: a distribution among them, not a calibrated confidence that any of them holds.
+
+`learn` runs one more task through the method's full cycle (begin_task, training_examples, train, memory update,
+consolidation, end_task), with run.py's `train`, `update_memory` and `predict_with`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from errwise.config import RunConfig, from_dict, load_saved_config, save_yaml, set_dotted, to_dict
+from errwise.data.formats import _fail, _find, _pair, _record, _tokens, read_relations, tokenize
+from errwise.data.types import Relation, RelationInstance, Task, TaskStream
+from errwise.errors import ErrwiseError
+from errwise.evaluate import prompt_ids
+from errwise.methods import TaskContext, build_method
+from errwise.model import build_labels, load_model, load_tokenizer, pick_device, pick_dtype, score_candidates
+from errwise.train import step_budget, train
+
+EXTRACTOR_FILE = "extractor.json"
+EXPORT_FILE = "errwise.json"
+FIELDS = ("id", "text", "tokens", "head", "tail", "relation")
+# plain_prompt's template (prompts.py), written into export folders for other tools; a test keeps them equal.
+PROMPT_TEMPLATE = "What is the relation of the head to the tail?\nSentence: {sentence}\nHead: {head}\nTail: {tail}\n"
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+
+def read_records(path: str | Path, *, labelled: bool) -> list[RelationInstance]:
+    """Instances of an errwise JSONL file (`-`: standard input). Without `labelled`, `relation` is optional
+    (prediction input); with it, required. Every problem is one ErrwiseError naming the file, line and fix."""
+    name = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        raw = sys.stdin.buffer.read() if name == "<stdin>" else Path(path).read_bytes()
+    except OSError as e:
+        raise ErrwiseError(f"{name}: cannot read ({e.strerror}); check the path") from None
+    stem = "stdin" if name == "<stdin>" else Path(path).stem
+    pairs = []
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            _fail(name, f"line {n}", f"byte {e.start + 1} is not UTF-8; save the file as UTF-8")
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            _fail(name, f"line {n}", f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line")
+        pairs.append((f"line {n}", rec, f"{stem}:{n}"))
+    return parse_records(pairs, name, labelled=labelled)
+
+
+def parse_records(records: Iterable[tuple[str, Any, str]], source: str, *, labelled: bool) -> list[RelationInstance]:
+    """(where, record, default uid) triples -> instances; `source` names the file in error messages."""
+    keys = ("head", "tail", "relation") if labelled else ("head", "tail")
+    out: list[RelationInstance] = []
+    uids: set[str] = set()
+    for where, rec, default_uid in records:
+        rec = _record(source, where, rec, keys)
+        unknown = [k for k in rec if k not in FIELDS]
+        if unknown:
+            _fail(source, where, f"unknown field(s) {', '.join(unknown)}; a record has only {', '.join(FIELDS)}")
+        if "tokens" in rec:
+            tokens = _tokens(source, where, rec["tokens"])
+            head = _pair(source, where, "head", rec["head"], len(tokens))
+            tail = _pair(source, where, "tail", rec["tail"], len(tokens))
+        elif "text" in rec:
+            tokens = tokenize(str(rec["text"]))
+            head = _find(source, where, "head", tokens, rec["head"])
+            tail = _find(source, where, "tail", tokens, rec["tail"])
+        else:
+            _fail(source, where, 'missing key text or tokens; give "text" and head/tail strings, or "tokens" and spans')
+        uid = str(rec.get("id", default_uid))
+        if uid in uids:
+            _fail(source, where, f"duplicate id {uid!r}; give every record a unique id")
+        uids.add(uid)
+        out.append(RelationInstance(uid, tuple(tokens), head, tail, str(rec.get("relation", ""))))
+    if not out:
+        _fail(source, "whole file", "no records; write one JSON object per line")
+    return out
+
+
+def as_instances(records: Sequence[RelationInstance | dict], *, labelled: bool) -> list[RelationInstance]:
+    """API input: instances as they are, or dicts in errwise's JSONL format (named `records` in errors)."""
+    if all(isinstance(r, RelationInstance) for r in records) and records:
+        return list(records)
+    return parse_records(
+        ((f"record {i}", r, f"record:{i}") for i, r in enumerate(records)), "records", labelled=labelled
+    )
+
+
+def instance_row(x: RelationInstance) -> dict:
+    """An instance as an errwise JSONL line (tokens and spans: exact, whatever the tokenisation of a text)."""
+    return {"id": x.uid, "tokens": list(x.tokens), "head": list(x.head), "tail": list(x.tail), "relation": x.relation}
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def score_all(
+    model,
+    tok,
+    instances: Sequence[RelationInstance],
+    candidates: Sequence[Relation],
+    *,
+    batch_size: int = 16,
+    score: str = "sum",
+    list_candidates: bool = False,
+    max_length: int = 256,
+    desc: str = "predict",
+) -> torch.Tensor:
+    """Every candidate's exact label score for every instance, (N, C): evaluation's prompts and length-sorted
+    batches, each label scored in full (no pruning), so its argmax is evaluation's exact prediction."""
+    model.eval()
+    labels = build_labels(tok, [r.name for r in candidates])
+    prompts = prompt_ids(tok, instances, list(candidates) if list_candidates else None, max_length)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = torch.empty((len(prompts), len(candidates)))
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+        idx = order[start : start + batch_size]
+        _, scores = score_candidates(
+            model, [prompts[i] for i in idx], labels, pad_id=tok.pad_token_id, score=score, exhaustive=True
+        )
+        out[idx] = scores
+    return out
+
+
+def answers(scores: torch.Tensor, candidates: Sequence[Relation], top_k: int, min_score: float | None) -> list[dict]:
+    """The output lines: best relation, its probability (softmax over the candidates), the top k."""
+    probs = torch.softmax(scores.double(), dim=1)  # (N, C)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # ties: the lower index first
+    out = []
+    for p, idx in zip(probs.tolist(), order[:, : max(1, top_k)].tolist()):
+        best = candidates[idx[0]]
+        keep = min_score is None or p[idx[0]] >= min_score
+        out.append(
+            {
+                "relation": best.id if keep else None,
+                "name": best.name if keep else None,
+                "score": round(p[idx[0]], 6),
+                "top": [[candidates[i].id, round(p[i], 6)] for i in idx],
+            }
+        )
+    return out
+
+
+def accuracy(gold: Sequence[RelationInstance], preds: Sequence[str]) -> float | None:
+    return sum(x.relation == p for x, p in zip(gold, preds)) / len(gold) if gold else None
+
+
+# ----------------------------------------------------------------------------------------------- extractor
+
+
+@dataclasses.dataclass
+class Extractor:
+    """A trained model with the relations it has learned, its replay memory and its held-out test instances.
+
+    Example::
+
+        ext = Extractor.load("runs/demo")  # a run folder, an extractor folder or an export folder
+        ext.predict([{"text": "Ada Byron married William King in 1835.", "head": "Ada Byron", "tail": "William King"}])
+        # [{"relation": "spouse", "name": "spouse", "score": 0.93, "top": [["spouse", 0.93], ...]}]
+        new = ext.learn(records)  # dicts with "relation"; returns a new Extractor, `ext` is unchanged
+        new.save("extractors/v2")
+    """
+
+    cfg: RunConfig
+    relations: tuple[Relation, ...]
+    """Every learned relation, in the order they were learned (the candidates of every prediction)."""
+    tasks: list[list[str]]
+    """Relation ids learned at each step (the run's tasks, then one per learn)."""
+    memory: dict[str, list[RelationInstance]] | None
+    """The replay memory per relation (None: an export folder, which can predict only)."""
+    test: list[RelationInstance] | None
+    """Held-out test instances of the learned relations (the run's test data, then each learn's held-out part)."""
+    history: list[dict]
+    """One line per learn step."""
+    model: Any
+    tok: Any
+    origin: str = ""
+    run_dir: Path | None = None
+    """A run folder source: its memory and test data are read from the run's dataset when learning needs them."""
+    records_dir: Path | None = None
+    """What the method recorded during the last learn (errwise: error_cases/); copied into the saved folder."""
+
+    # ---- loading
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> Extractor:
+        """A run folder (its last completed task), an extractor folder or an export folder."""
+        path = Path(path)
+        kind = check_source(path)
+        return {"extractor": cls._load_extractor, "export": cls._load_export, "run": cls._load_run}[kind](path, device)
+
+    @classmethod
+    def _load_run(cls, path: Path, device: str | None) -> Extractor:
+        from errwise.run import completed_tasks
+
+        done = completed_tasks(path)
+        if not done:
+            raise ErrwiseError(f"{path}: the run has no completed task yet; let `errwise run {path}` finish one first")
+        cfg = load_saved_config(path / "config.yaml")
+        names = read_relations(path / "relations.json")
+        tasks = [list(row["relations"]) for row in done]
+        k = len(done) - 1
+        model, tok = _load_model(cfg, device, path / "checkpoints" / f"task_{k:02d}")
+        relations = tuple(names[r] for t in tasks for r in t)
+        origin = f"{path.resolve()} T{k + 1}"
+        return cls(cfg, relations, tasks, None, None, [], model, tok, origin, run_dir=path)
+
+    @classmethod
+    def _load_extractor(cls, path: Path, device: str | None) -> Extractor:
+        meta = json.loads((path / EXTRACTOR_FILE).read_text())
+        cfg = load_saved_config(path / "config.yaml")
+        relations = tuple(Relation(r["id"], r["name"], r.get("description", "")) for r in meta["relations"])
+        memory: dict[str, list[RelationInstance]] = {}
+        for x in read_records(path / "memory.jsonl", labelled=True) if meta.get("memory_size") else []:
+            memory.setdefault(x.relation, []).append(x)
+        test = read_records(path / "test.jsonl", labelled=True) if meta.get("test_size") else []
+        history_file = path / "history.jsonl"
+        history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()]
+        model, tok = _load_model(cfg, device, path / "adapter")
+        return cls(
+            cfg, relations, meta["tasks"], memory, test, history, model, tok, meta.get("origin", str(path.resolve()))
+        )
+
+    @classmethod
+    def _load_export(cls, path: Path, device: str | None) -> Extractor:
+        meta = json.loads((path / EXPORT_FILE).read_text())
+        cfg = from_dict(meta["config"], source=str(path / EXPORT_FILE))
+        relations = tuple(Relation(r["id"], r["name"], r.get("description", "")) for r in meta["relations"])
+        if meta["merged"]:  # full weights in the folder itself
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(path), lora=False))
+            model, tok = _load_model(cfg, device, None)
+        else:
+            model, tok = _load_model(cfg, device, path)
+        return cls(cfg, relations, meta["tasks"], None, None, [], model, tok, meta.get("origin", str(path.resolve())))
+
+    # ---- predicting
+
+    def predict(
+        self,
+        records: Sequence[RelationInstance | dict],
+        *,
+        top_k: int = 3,
+        min_score: float | None = None,
+        batch_size: int | None = None,
+    ) -> list[dict]:
+        """One answer per record, in order: `{"relation", "name", "score", "top": [[id, probability], ...]}`;
+        `relation` and `name` are None when the best probability is below `min_score`."""
+        xs = as_instances(records, labelled=False)
+        e = self.cfg.eval
+        scores = score_all(
+            self.model,
+            self.tok,
+            xs,
+            self.relations,
+            batch_size=batch_size or e.batch_size,
+            score=e.score,
+            list_candidates=e.list_candidates,
+            max_length=self.cfg.train.max_length,
+        )
+        return answers(scores, self.relations, top_k, min_score)
+
+    # ---- learning
+
+    def learn(
+        self,
+        records: Sequence[RelationInstance | dict],
+        *,
+        relations: dict[str, Relation] | None = None,
+        method: str | None = None,
+        test_fraction: float = 0.2,
+        overrides: dict[str, Any] | None = None,
+        source: str = "records",
+    ) -> Extractor:
+        """One more task: `records` (with `relation`) bring new relations and/or more instances of learned ones.
+        Per relation, `test_fraction` of them (seeded) is held out for testing. Returns a new Extractor (this one
+        is unchanged); its last history line has the accuracies before and after."""
+        if not 0 <= test_fraction < 1:
+            raise ErrwiseError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+        data = as_instances(records, labelled=True)
+        cfg = self._learn_config(method, overrides or {})
+        if cfg.method.name == "lessons":
+            raise ErrwiseError(
+                "method lessons keeps its lesson bank in the run folder and cannot learn here yet; use --method "
+                "errwise, replay, finetune, joint or instructor"
+            )
+        memory, test = self._memory_and_test()
+        known = {r.id: r for r in self.relations}
+        new = self._new_relations(data, relations or {}, source)
+        held, train_data = held_out_split(data, test_fraction, cfg.train.seed)
+        kept = {y.uid for xs in memory.values() for y in xs} | {y.uid for y in test}
+        for x in data:
+            if x.uid in kept:
+                raise ErrwiseError(f"{source}: id {x.uid!r} is already a learned instance's id; give another id")
+        build_method(cfg.method)  # an unknown method fails before any work
+
+        seen = (*self.relations, *new)
+        k = len(self.tasks)
+        old_tasks = [  # what the extractor keeps of earlier tasks: their memory (joint trains on it) and test data
+            Task(
+                i,
+                tuple(t),
+                tuple(x for r in t for x in memory.get(r, [])),
+                (),
+                tuple(x for x in test if x.relation in t),
+            )
+            for i, t in enumerate(self.tasks)
+        ]
+        task = Task(k, tuple(r.id for r in new), tuple(train_data), (), tuple(held))
+        stream = TaskStream("extractor", 0, seen, (*old_tasks, task))
+        t0 = time.time()
+        before = self._predict_ids(self.cfg, self.model, test, self.relations, None, "old relations, before")
+        model = copy.deepcopy(self.model)  # this Extractor stays as it was
+        records_dir = Path(tempfile.mkdtemp(prefix="errwise-learn-"))  # what the method records; save() copies it
+        try:
+            line = learn_task(cfg, stream, task, memory, model, self.tok, records_dir)
+        except BaseException:
+            shutil.rmtree(records_dir, ignore_errors=True)
+            raise
+        new_memory = line.pop("memory")
+        method_hints = line.pop("hints")
+        after_old = self._predict_ids(cfg, model, test, seen, method_hints, "old relations, after")
+        held_new = [x for x in held if x.relation not in known]
+        after_new = self._predict_ids(cfg, model, held_new, seen, method_hints, "new relations")
+        acc_before, acc_old, acc_new = accuracy(test, before), accuracy(test, after_old), accuracy(held_new, after_new)
+        line = {
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source": self.origin,
+            "data": source,
+            "method": cfg.method.name,
+            "new_relations": [r.id for r in new],
+            "more_of": sorted({x.relation for x in data if x.relation in known}),
+            "train_instances": len(train_data),
+            "held_out": len(held),
+            "old_test": len(test),
+            "old_accuracy_before": acc_before,
+            "old_accuracy": acc_old,
+            "forgetting": None if acc_before is None else acc_before - acc_old,
+            "new_accuracy": acc_new,
+            "new_test": len(held_new),
+            **line,
+            "seconds": time.time() - t0,
+        }
+        out = Extractor(
+            cfg,
+            seen,
+            [*self.tasks, [r.id for r in new]],
+            new_memory,
+            [*test, *held],
+            [*self.history, line],
+            model,
+            self.tok,
+            self.origin,
+            records_dir,
+        )
+        weakref.finalize(out, shutil.rmtree, records_dir, True)
+        return out
+
+    def _learn_config(self, method: str | None, overrides: dict[str, Any]) -> RunConfig:
+        d = to_dict(self.cfg)
+        d["output_dir"] = None
+        if method:
+            set_dotted(d, "method.name", method)
+        for key, value in overrides.items():
+            set_dotted(d, key, value)
+        return from_dict(d, source="learn options")
+
+    def _memory_and_test(self) -> tuple[dict[str, list[RelationInstance]], list[RelationInstance]]:
+        if self.memory is not None:
+            return self.memory, list(self.test or [])
+        run_dir = self.run_dir
+        if run_dir is None:
+            raise ErrwiseError(
+                f"{self.origin}: an export folder holds no replay memory nor test data and cannot learn; learn from "
+                "the run or extractor folder it was exported from"
+            )
+        from errwise.run import eval_instances, make_stream
+
+        stream = make_stream(self.cfg)  # the run's dataset: its memory is stored as uids
+        by_uid = {x.uid: x for t in stream.tasks for x in (*t.train, *t.val, *t.test)}
+        k = len(self.tasks) - 1
+        saved = json.loads((run_dir / "memory" / f"task_{k:02d}.json").read_text())
+        self.memory = {rel: [by_uid[u] for u in uids] for rel, uids in saved.items()}
+        self.test = eval_instances(stream, k, "test")
+        return self.memory, list(self.test)
+
+    def _new_relations(self, data: list[RelationInstance], names: dict[str, Relation], source: str) -> list[Relation]:
+        """The relations of `data` not learned yet (first appearance order), checked: >= 2 instances, no name
+        of a learned relation under another id."""
+        known = {r.id for r in self.relations}
+        by_name = {r.name: r.id for r in self.relations}
+        new = []
+        for rel in dict.fromkeys(x.relation for x in data):
+            if rel in known:
+                continue
+            r = names.get(rel) or Relation(rel, rel.replace("_", " "))
+            count = sum(x.relation == rel for x in data)
+            where = f"relation {rel} (first at {_where(data, rel)})"
+            if r.name in by_name:
+                raise ErrwiseError(
+                    f"{source}: {where}: its name {r.name!r} is the learned relation {by_name[r.name]}'s; write "
+                    f"relation {by_name[r.name]!r} to add instances of it, or give the new relation another name"
+                )
+            if count < 2:
+                raise ErrwiseError(
+                    f"{source}: {where}: a new relation needs at least 2 instances (one to train on, one to hold "
+                    f"out), got {count}; add more sentences of it"
+                )
+            by_name[r.name] = rel
+            new.append(r)
+        return new
+
+    def _predict_ids(self, cfg, model, xs, candidates, hints, desc) -> list[str]:
+        from errwise.run import predict_with
+
+        if not xs:
+            return []
+        return predict_with(cfg, model, self.tok, xs, tuple(candidates), hints=hints(xs) if hints else None, desc=desc)
+
+    # ---- saving
+
+    def save(self, path: str | Path) -> Path:
+        """Write an extractor folder atomically (a temporary folder beside `path`, renamed at the end):
+        extractor.json (relations, tasks, base model), config.yaml, adapter/ (LoRA adapter; full weights without
+        LoRA), memory.jsonl (the replay memory's instances), test.jsonl (held-out test instances of the learned
+        relations), history.jsonl (one line per learn step) and records/ (what the last learn's method recorded)."""
+        path = Path(path)
+        if path.exists():
+            raise ErrwiseError(f"{path} exists; pass a new folder (an extractor folder is never overwritten)")
+        memory, test = self._memory_and_test()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        try:
+            self.model.save_pretrained(tmp / "adapter")
+            save_yaml(self.cfg, tmp / "config.yaml")
+            rows = [instance_row(x) for xs in memory.values() for x in xs]
+            _write_lines(tmp / "memory.jsonl", rows)
+            _write_lines(tmp / "test.jsonl", [instance_row(x) for x in test])
+            _write_lines(tmp / "history.jsonl", self.history)
+            meta = {
+                "format": "errwise-extractor",
+                "version": 1,
+                "base_model": self.cfg.model.name,
+                "origin": self.origin,
+                "relations": [dataclasses.asdict(r) for r in self.relations],
+                "tasks": self.tasks,
+                "memory_size": len(rows),
+                "test_size": len(test),
+            }
+            (tmp / EXTRACTOR_FILE).write_text(json.dumps(meta, indent=1))
+            if self.records_dir is not None and any(self.records_dir.iterdir()):
+                shutil.copytree(self.records_dir, tmp / "records")
+            _publish(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    def export(self, path: str | Path, *, merge: bool = False) -> Path:
+        """A standard Hugging Face folder: the LoRA adapter (or, with `merge`, the LoRA merged into full weights),
+        the tokenizer, and errwise.json (relations, prompt template, scoring), written atomically."""
+        path = Path(path)
+        if path.exists():
+            raise ErrwiseError(f"{path} exists; pass a new folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+        lora = hasattr(self.model, "peft_config")
+        try:
+            if merge and lora:
+                copy.deepcopy(self.model).merge_and_unload().save_pretrained(tmp)
+            else:
+                self.model.save_pretrained(tmp)
+            self.tok.save_pretrained(tmp)
+            e = self.cfg.eval
+            template = PROMPT_TEMPLATE + ("Options: {options}\n" if e.list_candidates else "") + "Relation:"
+            meta = {
+                "format": "errwise-export",
+                "version": 1,
+                "origin": self.origin,
+                "merged": merge or not lora,
+                "relations": [dataclasses.asdict(r) for r in self.relations],
+                "tasks": self.tasks,
+                "prompt": template,
+                "prompt_notes": "{sentence}: the tokens joined by spaces; {head}, {tail}: the mentions; {options}: the "
+                "relation names joined by '; '. Tokenise with the tokenizer's special tokens and keep the last "
+                "max_length tokens.",
+                "answer": "' ' + relation name, then the end-of-sequence token",
+                "score": e.score,
+                "score_notes": "a relation's score is the summed log-probability of its answer tokens after the prompt "
+                "(score mean: divided by their number); the prediction is the best score among the learned relations.",
+                "max_length": self.cfg.train.max_length,
+                "config": to_dict(dataclasses.replace(self.cfg, output_dir=None)),
+            }
+            (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=1))
+            _publish(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+def check_source(path: Path) -> str:
+    """`run`, `extractor` or `export`, from the folder's marker files; else a one-line error."""
+    if (path / EXTRACTOR_FILE).is_file():
+        return "extractor"
+    if (path / EXPORT_FILE).is_file():
+        return "export"
+    if (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file():
+        return "run"
+    raise ErrwiseError(
+        f"{path}: neither a run folder (config.yaml, metrics.jsonl) nor an extractor or export folder "
+        f"({EXTRACTOR_FILE} or {EXPORT_FILE}); pass a folder written by `errwise run`, `learn` or `export`"
+    )
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically: a temporary file beside it, renamed at the end."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ErrwiseError(f"{path}: cannot write ({e.strerror}); check the folder") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """The finished temporary folder becomes `path` in one rename (mkdtemp made it private: open it as usual)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    os.rename(tmp, path)
+
+
+def _where(data: list[RelationInstance], rel: str) -> str:
+    uid = next(x.uid for x in data if x.relation == rel)
+    stem, _, n = uid.rpartition(":")
+    return f"line {n}" if stem and n.isdigit() else f"id {uid}"
+
+
+def _write_lines(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _load_model(cfg: RunConfig, device: str | None, adapter: Path | None):
+    m = cfg.model
+    dev = pick_device(device or m.device)
+    model = load_model(
+        m.name,
+        device=dev,
+        dtype=pick_dtype(m.dtype, dev),
+        lora=m.lora,
+        lora_r=m.lora_r,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.lora_dropout,
+        lora_targets=m.lora_targets,
+        adapter=adapter,
+    )
+    return model, load_tokenizer(m.name)
+
+
+def held_out_split(
+    data: Sequence[RelationInstance], fraction: float, seed: int
+) -> tuple[list[RelationInstance], list[RelationInstance]]:
+    """(held out, train): per relation, round(fraction * n) of its n instances (at least 1 and at most n - 1 when
+    fraction > 0), drawn with a seed of its own; file order kept within each part."""
+    held: set[str] = set()
+    for rel in dict.fromkeys(x.relation for x in data):
+        uids = [x.uid for x in data if x.relation == rel]
+        k = 0 if fraction == 0 or len(uids) < 2 else min(len(uids) - 1, max(1, round(fraction * len(uids))))
+        held |= set(random.Random(f"{seed}:{rel}").sample(uids, k))
+    return [x for x in data if x.uid in held], [x for x in data if x.uid not in held]
+
+
+def learn_task(
+    cfg: RunConfig,
+    stream: TaskStream,
+    task: Task,
+    memory: dict[str, list[RelationInstance]],
+    model,
+    tok,
+    records_dir: Path,
+) -> dict:
+    """One task of the continual loop on `model` (trained in place): the method's begin_task, its training
+    examples, training with run.py's step budget, the memory update, the consolidation round and end_task.
+    Returns the training figures, the updated memory ("memory") and the method's prediction hints ("hints")."""
+    from errwise.run import predict_with, seed_everything, update_memory
+
+    method = build_method(cfg.method)
+    seed_everything(cfg.train.seed + 1000 * task.index)
+    seen = stream.relations
+
+    def predict_seen(instances, desc="predict"):
+        return predict_with(cfg, model, tok, instances, seen, hints=method.hints(instances), desc=desc)
+
+    ctx = TaskContext(cfg, stream, task, seen, memory, model, tok, records_dir, predict_seen)
+    method.begin_task(ctx)
+    tc = cfg.train
+    examples = method.training_examples(ctx)
+    budget = len(task.train) + len(ctx.memory_instances()) if tc.budget == "replay" else len(examples)
+    steps = tc.max_steps or step_budget(budget, tc.epochs, tc.batch_size)
+    consolidate_steps = min(round(tc.consolidate * steps), steps - 1) if cfg.method.memory_per_relation else 0
+    kw = {
+        "epochs": tc.epochs,
+        "batch_size": tc.batch_size,
+        "lr": tc.lr,
+        "weight_decay": tc.weight_decay,
+        "warmup_ratio": tc.warmup_ratio,
+        "max_length": tc.max_length,
+    }
+    seed = tc.seed + 1000 * task.index
+    stats = train(model, tok, examples, max_steps=steps - consolidate_steps, seed=seed, desc="learn", **kw)
+    if cfg.method.memory_per_relation > 0:
+        # The memory of the task's new relations, and of learned ones that got more instances: chosen among the
+        # kept memory and the new instances together.
+        more = {x.relation for x in task.train} - set(task.relations)
+        pool = [*task.train, *(x for r in more for x in memory.get(r, []))]
+        rels = [*task.relations, *sorted(more)]
+        memory = {**memory, **update_memory(cfg, model, tok, pool, rels, task.index, method.held_out(ctx))}
+    consolidation = None
+    if consolidate_steps:
+        more_examples = method.consolidation_examples(dataclasses.replace(ctx, memory=memory))
+        consolidation = train(
+            model, tok, more_examples, max_steps=consolidate_steps, seed=seed + 1, desc="learn consolidate", **kw
+        )
+    method.end_task(ctx)
+    return {
+        "train_steps": stats.steps + (consolidation.steps if consolidation else 0),
+        "train_examples": stats.examples,
+        "train_kinds": stats.kinds,
+        "train_loss": stats.loss,
+        "consolidation_steps": consolidation.steps if consolidation else 0,
+        "memory": memory,
+        "hints": method.hints,
+    }
