@@ -142,6 +142,13 @@ def _extractor_parsers(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("--merge", action="store_true", help="merge the LoRA adapter into full weights")
 
 
+def _quiet_loading() -> None:
+    """No weight-loading bars from transformers: predict's stdout is data, and its stderr kept for errors."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from errwise.extractor import Extractor, check_source, read_records, write_text
 
@@ -151,6 +158,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ErrwiseError(f"--min-score is a probability in [0, 1], got {args.min_score}")
     check_source(Path(args.source))
     records = read_records(args.input, labelled=False)
+    _quiet_loading()
     ext = Extractor.load(args.source, device=args.device)
     rows = ext.predict(records, top_k=args.top_k, min_score=args.min_score, batch_size=args.batch_size)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -163,25 +171,26 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_learn(args: argparse.Namespace) -> None:
     from errwise.config import parse_value
     from errwise.data.formats import read_relations
-    from errwise.extractor import Extractor, check_source, read_records
+    from errwise.extractor import Extractor, new_relations, read_records, source_relations
 
     out = Path(args.output_dir)
     if out.exists():
         raise ErrwiseError(f"{out} exists; pass a new --output_dir (SOURCE and earlier extractors are never changed)")
-    check_source(Path(args.source))
     data = read_records(args.data, labelled=True)
     names = read_relations(Path(args.relations)) if args.relations else None
+    new_relations(source_relations(Path(args.source)), data, names or {}, args.data)  # fails before any loading
     overrides = {k: parse_value(k, v) for k, v in vars(args).items() if "." in k and v is not None}
-    ext = Extractor.load(args.source)
-    new = ext.learn(
-        data,
-        relations=names,
-        method=args.method,
-        test_fraction=args.test_fraction,
-        overrides=overrides,
-        source=args.data,
-    )
-    new.save(out)
+    _quiet_loading()
+    try:
+        ext = Extractor.load(args.source)
+        new = ext.learn(
+            data, relations=names, method=args.method, test_fraction=args.test_fraction, overrides=overrides,
+            source=args.data,
+        )  # fmt: skip
+        new.save(out)
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing written, {args.source} unchanged; rerun the command", file=sys.stderr)
+        raise SystemExit(130) from None
     h = new.history[-1]
     pct = lambda a: "n/a" if a is None else f"{100 * a:.1f}%"  # noqa: E731
     print(
@@ -206,6 +215,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if out.exists():
         raise ErrwiseError(f"{out} exists; pass a new folder")
     check_source(Path(args.source))
+    _quiet_loading()
     Extractor.load(args.source).export(out, merge=args.merge)
     print(f"wrote {out}")
 

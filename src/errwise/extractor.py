@@ -210,6 +210,8 @@ class Extractor:
     model: Any
     tok: Any
     origin: str = ""
+    """Where the lineage started: the run folder and task, or the first extractor."""
+    loaded_from: str = ""
     run_dir: Path | None = None
     """A run folder source: its memory and test data are read from the run's dataset when learning needs them."""
     records_dir: Path | None = None
@@ -222,7 +224,9 @@ class Extractor:
         """A run folder (its last completed task), an extractor folder or an export folder."""
         path = Path(path)
         kind = check_source(path)
-        return {"extractor": cls._load_extractor, "export": cls._load_export, "run": cls._load_run}[kind](path, device)
+        ext = {"extractor": cls._load_extractor, "export": cls._load_export, "run": cls._load_run}[kind](path, device)
+        ext.loaded_from = str(path.resolve())
+        return ext
 
     @classmethod
     def _load_run(cls, path: Path, device: str | None) -> Extractor:
@@ -320,7 +324,7 @@ class Extractor:
             )
         memory, test = self._memory_and_test()
         known = {r.id: r for r in self.relations}
-        new = self._new_relations(data, relations or {}, source)
+        new = new_relations(self.relations, data, relations or {}, source)
         held, train_data = held_out_split(data, test_fraction, cfg.train.seed)
         kept = {y.uid for xs in memory.values() for y in xs} | {y.uid for y in test}
         for x in data:
@@ -359,7 +363,7 @@ class Extractor:
         acc_before, acc_old, acc_new = accuracy(test, before), accuracy(test, after_old), accuracy(held_new, after_new)
         line = {
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": self.origin,
+            "source": self.loaded_from or "(in memory)",
             "data": source,
             "method": cfg.method.name,
             "new_relations": [r.id for r in new],
@@ -385,7 +389,7 @@ class Extractor:
             model,
             self.tok,
             self.origin,
-            records_dir,
+            records_dir=records_dir,
         )
         weakref.finalize(out, shutil.rmtree, records_dir, True)
         return out
@@ -417,32 +421,6 @@ class Extractor:
         self.memory = {rel: [by_uid[u] for u in uids] for rel, uids in saved.items()}
         self.test = eval_instances(stream, k, "test")
         return self.memory, list(self.test)
-
-    def _new_relations(self, data: list[RelationInstance], names: dict[str, Relation], source: str) -> list[Relation]:
-        """The relations of `data` not learned yet (first appearance order), checked: >= 2 instances, no name
-        of a learned relation under another id."""
-        known = {r.id for r in self.relations}
-        by_name = {r.name: r.id for r in self.relations}
-        new = []
-        for rel in dict.fromkeys(x.relation for x in data):
-            if rel in known:
-                continue
-            r = names.get(rel) or Relation(rel, rel.replace("_", " "))
-            count = sum(x.relation == rel for x in data)
-            where = f"relation {rel} (first at {_where(data, rel)})"
-            if r.name in by_name:
-                raise ErrwiseError(
-                    f"{source}: {where}: its name {r.name!r} is the learned relation {by_name[r.name]}'s; write "
-                    f"relation {by_name[r.name]!r} to add instances of it, or give the new relation another name"
-                )
-            if count < 2:
-                raise ErrwiseError(
-                    f"{source}: {where}: a new relation needs at least 2 instances (one to train on, one to hold "
-                    f"out), got {count}; add more sentences of it"
-                )
-            by_name[r.name] = rel
-            new.append(r)
-        return new
 
     def _predict_ids(self, cfg, model, xs, candidates, hints, desc) -> list[str]:
         from errwise.run import predict_with
@@ -567,6 +545,47 @@ def _publish(tmp: Path, path: Path) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     os.rename(tmp, path)
+
+
+def source_relations(path: Path) -> tuple[Relation, ...]:
+    """The relations a source folder has learned, read without loading its model."""
+    kind = check_source(path)
+    if kind == "run":
+        from errwise.run import completed_tasks
+
+        names = read_relations(path / "relations.json")
+        return tuple(names[r] for row in completed_tasks(path) for r in row["relations"])
+    meta = json.loads((path / (EXTRACTOR_FILE if kind == "extractor" else EXPORT_FILE)).read_text())
+    return tuple(Relation(r["id"], r["name"], r.get("description", "")) for r in meta["relations"])
+
+
+def new_relations(
+    learned: Sequence[Relation], data: Sequence[RelationInstance], names: dict[str, Relation], source: str
+) -> list[Relation]:
+    """The relations of `data` not learned yet (first appearance order), checked: >= 2 instances each, and no
+    name of a learned relation under another id. `names`: names and descriptions (default: the id, _ as space)."""
+    by_name = {r.name: r.id for r in learned}
+    known = {r.id for r in learned}
+    new = []
+    for rel in dict.fromkeys(x.relation for x in data):
+        if rel in known:
+            continue
+        r = names.get(rel) or Relation(rel, rel.replace("_", " "))
+        count = sum(x.relation == rel for x in data)
+        where = f"relation {rel} (first at {_where(data, rel)})"
+        if r.name in by_name:
+            raise ErrwiseError(
+                f"{source}: {where}: its name {r.name!r} is the learned relation {by_name[r.name]}'s; write "
+                f"relation {by_name[r.name]!r} to add instances of it, or give the new relation another name"
+            )
+        if count < 2:
+            raise ErrwiseError(
+                f"{source}: {where}: a new relation needs at least 2 instances (one to train on, one to hold "
+                f"out), got {count}; add more sentences of it"
+            )
+        by_name[r.name] = rel
+        new.append(r)
+    return new
 
 
 def _where(data: list[RelationInstance], rel: str) -> str:

@@ -1,0 +1,323 @@
+"""The living extractor: `errwise predict | learn | export` and the Extractor API, on the tiny model (seconds)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+
+import pytest
+import torch
+
+from errwise.cli import main
+from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
+from errwise.data.formats import BUILTIN_DIR
+from errwise.extractor import Extractor, as_instances, instance_row, score_all
+from errwise.prompts import plain_prompt
+from errwise.run import make_stream, run
+
+SENTENCES = [
+    {"text": "Ada Byron married William King in 1835.", "head": "Ada Byron", "tail": "William King"},
+    {"text": "Paris is the capital of France .", "head": "Paris", "tail": "France"},
+    {"tokens": ["Bob", "founded", "Acme", "."], "head": [2, 3], "tail": [0, 1], "id": "s3"},
+]
+NEW = "employer"  # a builtin relation the tiny run below does not learn
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tree_hash(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tmp_path_factory):
+    """A tiny `errwise run`: 2 tasks x 2 builtin relations, replay with 2 memory instances per relation."""
+    cfg = RunConfig(
+        data=DataConfig(dataset="builtin", num_tasks=2, relations_per_task=2, train_size=8, test_size=4),
+        model=ModelConfig(name=str(tiny_model_dir), lora_r=4, lora_alpha=8),
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+        method=MethodConfig(name="replay", memory_per_relation=2),
+        eval=EvalConfig(batch_size=8),
+        output_dir=str(tmp_path_factory.mktemp("x") / "run"),
+    )
+    out = run(cfg)
+    assert NEW not in {r for line in read_jsonl(out / "metrics.jsonl") for r in line["relations"]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def new_data(tmp_path_factory):
+    """6 instances of a relation the run has not learned, in the user's format (text, head, tail, relation)."""
+    rows = [json.loads(line) for line in (BUILTIN_DIR / "instances.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in r.items() if k != "id"} for r in rows if r["relation"] == NEW][:6]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "new.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def learned(run_dir, new_data, tmp_path_factory):
+    """`errwise learn` of the new relation on top of the run, trained hard enough for the tiny model to learn it."""
+    out = tmp_path_factory.mktemp("learn") / "ext"
+    before = tree_hash(run_dir)
+    args = ["learn", str(run_dir), str(new_data), "--output_dir", str(out), "--train.max_steps", "20"]
+    assert main([*args, "--train.lr", "1e-2"]) == 0
+    assert tree_hash(run_dir) == before  # the source is never changed
+    return out
+
+
+def seen_relations(run_dir):
+    return [r for line in read_jsonl(run_dir / "metrics.jsonl") for r in line["relations"]]
+
+
+def test_predict_from_a_run_folder(run_dir, tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", SENTENCES)
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(run_dir), str(src), "--top-k", "10", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == ""  # --out: nothing on stdout
+    rows = read_jsonl(out)
+    seen = seen_relations(run_dir)
+    names = json.loads((run_dir / "relations.json").read_text())
+    assert len(rows) == len(SENTENCES)
+    for row in rows:
+        assert set(row) == {"relation", "name", "score", "top"}
+        assert row["relation"] in seen and row["name"] == names[row["relation"]]["name"]
+        assert len(row["top"]) == len(seen) and {r for r, _ in row["top"]} == set(seen)  # top-k capped at all
+        assert sum(p for _, p in row["top"]) == pytest.approx(1.0, abs=1e-4)  # a distribution over the learned
+        assert row["top"][0] == [row["relation"], row["score"]]
+        assert [p for _, p in row["top"]] == sorted((p for _, p in row["top"]), reverse=True)
+    # Same order as the input: the reversed input gives the reversed answers; top-k 2 keeps the first two.
+    write_jsonl(src, SENTENCES[::-1])
+    assert main(["predict", str(run_dir), str(src), "--top-k", "2"]) == 0
+    again = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["relation"] for r in again] == [r["relation"] for r in rows[::-1]]
+    assert [r["top"] for r in again] == [r["top"][:2] for r in rows[::-1]]
+
+
+def test_predict_reads_standard_input_and_answers_null_below_min_score(run_dir, tmp_path, capsys, monkeypatch):
+    data = "".join(json.dumps(r) + "\n" for r in SENTENCES).encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert main(["predict", str(run_dir), "-", "--min-score", "1", "--top-k", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    for row in rows:  # a best probability below 1 (always, among several relations) is no answer
+        assert row["relation"] is None and row["name"] is None and len(row["top"]) == 1 and row["score"] < 1
+
+
+def test_the_top_answer_is_the_runs_evaluation_prediction(run_dir, tmp_path, capsys):
+    """Every test instance of the run, predicted again from the run folder: the same answer as evaluation's
+    exact (pruned) search, and the exhaustive scores it ranks are those the pruned search found for the best."""
+    from errwise.config import load_saved_config
+
+    cfg = load_saved_config(run_dir / "config.yaml")
+    stream = make_stream(cfg)
+    test = {x.uid: x for t in stream.tasks for x in t.test}
+    evaluated = read_jsonl(run_dir / "predictions" / "task_01.jsonl")
+    src = write_jsonl(tmp_path / "test.jsonl", [instance_row(test[r["uid"]]) for r in evaluated])
+    assert main(["predict", str(run_dir), str(src)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["relation"] for r in rows] == [r["pred"] for r in evaluated]
+
+
+def test_exhaustive_scores_agree_with_the_pruned_search(tiny):
+    """The probabilities come from scoring every label in full; the pruned search's best label has the same
+    score there (same arithmetic), and is the argmax."""
+    from errwise.data.formats import load_corpus
+    from errwise.evaluate import prompt_ids
+    from errwise.model import build_labels, score_candidates
+
+    model, tok = tiny
+    corpus = load_corpus("builtin")
+    xs, cands = list(corpus.instances[::30]), list(corpus.relations)
+    full = score_all(model, tok, xs, cands, batch_size=4)
+    prompts = prompt_ids(tok, xs, None, 256)
+    best, pruned = score_candidates(model, prompts, build_labels(tok, [r.name for r in cands]), pad_id=tok.pad_token_id)
+    assert torch.isfinite(full).all()
+    assert full.argmax(1).tolist() == best.tolist()
+    rows = torch.arange(len(xs))
+    assert torch.allclose(full[rows, best], pruned[rows, best], atol=1e-5)
+
+
+def test_learn_writes_an_extractor_folder(run_dir, learned, new_data):
+    for name in ("extractor.json", "config.yaml", "memory.jsonl", "test.jsonl", "history.jsonl"):
+        assert (learned / name).is_file(), name
+    assert (learned / "adapter" / "adapter_config.json").is_file()
+    meta = json.loads((learned / "extractor.json").read_text())
+    seen = seen_relations(run_dir)
+    assert [r["id"] for r in meta["relations"]] == [*seen, NEW]
+    assert meta["tasks"][-1] == [NEW] and meta["base_model"]
+    memory = read_jsonl(learned / "memory.jsonl")
+    assert {r["relation"] for r in memory} == {*seen, NEW}  # the instances themselves, not uids
+    assert all(r["tokens"] and r["head"] and r["tail"] for r in memory)
+    test = read_jsonl(learned / "test.jsonl")
+    assert sum(r["relation"] in seen for r in test) == 4 * len(seen)  # the run's test data
+    assert sum(r["relation"] == NEW for r in test) == 1  # 20% of 6, held out
+    (line,) = read_jsonl(learned / "history.jsonl")
+    assert line["new_relations"] == [NEW] and line["method"] == "replay" and line["source"].startswith(str(run_dir))
+    assert line["train_instances"] == 5 and line["held_out"] == 1 and line["train_steps"] == 20
+    assert line["forgetting"] == pytest.approx(line["old_accuracy_before"] - line["old_accuracy"])
+    assert not any(p.name.startswith(".") for p in learned.parent.iterdir())  # no temporary folder left
+
+
+def test_the_learned_relation_is_predicted(learned, new_data, capsys):
+    assert main(["predict", str(learned), str(new_data)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["relation"] for r in rows] == [NEW] * 6
+
+
+def test_learn_prints_old_and_new_accuracy(run_dir, new_data, tmp_path, capsys):
+    out = tmp_path / "ext"
+    assert main(["learn", str(run_dir), str(new_data), "--output_dir", str(out), "--train.max_steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "new relations:" in printed and "old relations:" in printed and "forgetting" in printed
+    # A second step from the extractor: one more history line, the first one kept.
+    names = ["Ann", "Bo", "Cy", "Di", "Ed"]
+    rows = [
+        {"text": f"{a} met {b} at work .", "head": a, "tail": b, "relation": "colleague"}
+        for a, b in zip(names, names[1:])
+    ]
+    more = write_jsonl(tmp_path / "more.jsonl", rows)
+    out2 = tmp_path / "ext2"
+    assert (
+        main(["learn", str(out), str(more), "--output_dir", str(out2), "--method", "errwise", "--train.max_steps", "2"])
+        == 0
+    )
+    history = read_jsonl(out2 / "history.jsonl")
+    assert [h["new_relations"] for h in history] == [[NEW], ["colleague"]]
+    assert history[1]["method"] == "errwise" and history[1]["source"] == str(out.resolve())
+    assert (out2 / "records" / "error_cases").is_dir()  # errwise's initial responses, kept with the step
+    assert history[1]["old_test"] == len(read_jsonl(out / "test.jsonl"))
+
+
+@pytest.mark.parametrize("where", ["train", "save"])
+def test_an_interrupted_learn_leaves_nothing(run_dir, new_data, tmp_path, monkeypatch, where):
+    import errwise.extractor as ex
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "train" if where == "train" else "save_yaml", boom)
+    out = tmp_path / "ext"
+    before = tree_hash(run_dir)
+    with pytest.raises(SystemExit) as e:
+        main(["learn", str(run_dir), str(new_data), "--output_dir", str(out), "--train.max_steps", "2"])
+    assert e.value.code == 130
+    assert list(tmp_path.iterdir()) == [] and tree_hash(run_dir) == before
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_export_loads_with_plain_transformers_and_predicts_the_same(learned, new_data, tmp_path, capsys, merge):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "export"
+    assert main(["export", str(learned), str(out), *(["--merge"] if merge else [])]) == 0
+    meta = json.loads((out / "errwise.json").read_text())
+    assert meta["merged"] == merge and [r["id"] for r in meta["relations"]][-1] == NEW
+    assert (out / ("model.safetensors" if merge else "adapter_model.safetensors")).is_file()
+    # transformers alone (its PEFT integration reads adapter_config.json) gives the extractor's logits.
+    ext = Extractor.load(learned)
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    inst = as_instances([SENTENCES[0]], labelled=False)[0]
+    prompt = meta["prompt"].format(sentence=inst.text, head=inst.head_text, tail=inst.tail_text)
+    assert prompt == plain_prompt(inst)  # the documented template is the one errwise uses
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = plain(input_ids=ids).logits, ext.model(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    # errwise predict accepts the export folder and answers as the extractor does.
+    capsys.readouterr()
+    assert main(["predict", str(learned), str(new_data)]) == 0
+    want = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["predict", str(out), str(new_data)]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["relation"] for r in got] == [r["relation"] for r in want]
+    for g, w in zip(got, want):
+        assert g["score"] == pytest.approx(w["score"], abs=1e-4)
+
+
+def test_the_api_round_trip(run_dir, new_data, tmp_path):
+    ext = Extractor.load(run_dir)
+    before = ext.predict(SENTENCES, top_k=2)
+    records = read_jsonl(new_data)
+    new = ext.learn(records, overrides={"train.max_steps": 3}, test_fraction=0.5)
+    assert ext.predict(SENTENCES, top_k=2) == before  # learn returns a new extractor; this one is unchanged
+    assert [r.id for r in new.relations][-1] == NEW and new.history[-1]["held_out"] == 3
+    path = new.save(tmp_path / "saved")
+    again = Extractor.load(path)
+    assert again.predict(SENTENCES, top_k=5) == new.predict(SENTENCES, top_k=5)
+    assert [r.id for r in again.relations] == [r.id for r in new.relations]
+    assert {k: len(v) for k, v in again.memory.items()} == {k: len(v) for k, v in new.memory.items()}
+    assert [x.uid for x in again.test] == [x.uid for x in new.test]
+
+
+def _bad(kind, run_dir, tmp_path):
+    """(argv, the file the error must name, the line it must name) for each bad input."""
+    seen = seen_relations(run_dir)
+    names = json.loads((run_dir / "relations.json").read_text())
+    inp = tmp_path / "in.jsonl"
+    ok = {"text": "Ann met Bo .", "head": "Ann", "tail": "Bo"}
+    if kind == "no head":
+        write_jsonl(inp, [ok, {"text": "Ann met Bo .", "tail": "Bo"}])
+        return ["predict", str(run_dir), str(inp), "--out", str(tmp_path / "o.jsonl")], inp, "line 2"
+    if kind == "head not in text":
+        write_jsonl(inp, [{**ok, "head": "Carl"}])
+        return ["predict", str(run_dir), str(inp), "--out", str(tmp_path / "o.jsonl")], inp, "line 1"
+    if kind == "unknown field":
+        write_jsonl(inp, [ok, ok, {**ok, "sentense": "x"}])
+        return ["predict", str(run_dir), str(inp), "--out", str(tmp_path / "o.jsonl")], inp, "line 3"
+    if kind == "not utf-8":
+        inp.write_bytes(json.dumps(ok).encode() + b"\n" + json.dumps(ok).encode()[:-2] + b'\xff"}\n')
+        return ["predict", str(run_dir), str(inp), "--out", str(tmp_path / "o.jsonl")], inp, "line 2"
+    if kind == "empty file":
+        inp.write_text("\n")
+        return ["predict", str(run_dir), str(inp), "--out", str(tmp_path / "o.jsonl")], inp, "no records"
+    if kind == "not a source":
+        write_jsonl(inp, [ok])
+        return ["predict", str(tmp_path), str(inp), "--out", str(tmp_path / "o.jsonl")], tmp_path, "neither"
+    out = ["--output_dir", str(tmp_path / "new")]
+    if kind == "learn: name clash":
+        clash = names[seen[0]]["name"]  # a new id whose (default) name is a learned relation's
+        write_jsonl(inp, [{**ok, "relation": seen[1]}, {**ok, "relation": clash}, {**ok, "relation": clash}])
+        return ["learn", str(run_dir), str(inp), *out], inp, "line 2"
+    if kind == "learn: one instance":
+        write_jsonl(inp, [{**ok, "relation": "colleague"}, {**ok, "relation": seen[0]}])
+        return ["learn", str(run_dir), str(inp), *out], inp, "line 1"
+    if kind == "learn: no relation":
+        write_jsonl(inp, [{**ok, "relation": "colleague"}, ok])
+        return ["learn", str(run_dir), str(inp), *out], inp, "line 2"
+    raise AssertionError(kind)
+
+
+BAD = [
+    "no head",
+    "head not in text",
+    "unknown field",
+    "not utf-8",
+    "empty file",
+    "not a source",
+    "learn: name clash",
+    "learn: one instance",
+    "learn: no relation",
+]
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_input_is_one_line_naming_the_file_and_line(run_dir, tmp_path, capsys, kind):
+    argv, named, where = _bad(kind, run_dir, tmp_path)
+    files = set(tmp_path.iterdir())
+    before = tree_hash(run_dir)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert str(named) in err and where in err, err
+    assert set(tmp_path.iterdir()) == files and tree_hash(run_dir) == before  # nothing written
