@@ -42,5 +42,7 @@ def select(
     if strategy == "random":
         rng = random.Random(seed)
         return rng.sample(list(instances), min(n, len(instances)))
+    if len(instances) <= n:  # all of them (run.update_memory computes no features then)
+        return list(instances)
     assert features is not None, "k-means selection needs features"
     return [instances[i] for i in kmeans_select(features, n, seed)]

@@ -1,0 +1,58 @@
+"""Prediction throughput of `errwise predict` (probabilities: every label scored in full) beside evaluation's pruned
+exact search, for a run, extractor or export folder. Prints figures; asserts nothing.
+
+    python benchmarks/predict_speed.py runs/demo                 # the source's relations, FewRel sentences
+    python benchmarks/predict_speed.py runs/demo --fewrel80      # the same model among FewRel's 80 relation names
+
+The sentences are the first --n FewRel instances of as many relations (../shared/data/fewrel or --fewrel); only
+speed and the agreement of the two paths' top answers are measured, not accuracy (with --fewrel80 the model was
+never trained on those names). Both paths use the source's batch size and length-sorted batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from errwise.data.formats import load_corpus
+from errwise.evaluate import predict
+from errwise.extractor import Extractor, score_all
+
+DEFAULT_FEWREL = Path(__file__).resolve().parents[2] / "shared" / "data" / "fewrel"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source")
+    ap.add_argument("--n", type=int, default=160, help="sentences")
+    ap.add_argument("--fewrel", default=str(DEFAULT_FEWREL))
+    ap.add_argument("--fewrel80", action="store_true", help="candidates: FewRel's 80 relation names")
+    ap.add_argument("--batch-size", type=int)
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    ext = Extractor.load(args.source)
+    corpus = load_corpus("fewrel", args.fewrel)
+    groups = corpus.by_relation()
+    xs = [x for i in range(args.n) for xs in groups.values() if i < len(xs) for x in [xs[i]]][: args.n]
+    cands = list(corpus.relations) if args.fewrel80 else list(ext.relations)
+    e, bs = ext.cfg.eval, args.batch_size or ext.cfg.eval.batch_size
+    kw = {"batch_size": bs, "score": e.score, "list_candidates": e.list_candidates, "max_length": 256}
+    score_all(ext.model, ext.tok, xs[:bs], cands, **kw)  # warm-up
+    t = time.perf_counter()
+    full = score_all(ext.model, ext.tok, xs, cands, **kw)
+    t_full = time.perf_counter() - t
+    t = time.perf_counter()
+    pruned = predict(ext.model, ext.tok, xs, cands, **kw)
+    t_pruned = time.perf_counter() - t
+    agree = sum(cands[i].id == p for i, p in zip(full.argmax(1).tolist(), pruned))
+    print(f"{len(xs)} sentences, {len(cands)} candidate relations, batch {bs}, {torch.get_num_threads()} thread(s)")
+    print(f"errwise predict (every label scored, probabilities): {len(xs) / t_full:.1f} sentences/s")
+    print(f"evaluation's pruned exact search (top-1 only):       {len(xs) / t_pruned:.1f} sentences/s")
+    print(f"top-1 agreement: {agree}/{len(xs)}")
+
+
+if __name__ == "__main__":
+    main()
