@@ -325,15 +325,12 @@ class Extractor:
         memory, test = self._memory_and_test()
         known = {r.id: r for r in self.relations}
         new = new_relations(self.relations, data, relations or {}, source)
-        held, train_data = held_out_split(data, test_fraction, cfg.train.seed)
-        kept = {y.uid for xs in memory.values() for y in xs} | {y.uid for y in test}
-        for x in data:
-            if x.uid in kept:
-                raise ErrwiseError(f"{source}: id {x.uid!r} is already a learned instance's id; give another id")
         build_method(cfg.method)  # an unknown method fails before any work
-
-        seen = (*self.relations, *new)
         k = len(self.tasks)
+        # uids unique across steps (a file of the same name may come again): `learn<step>/<id or file:line>`
+        data = [dataclasses.replace(x, uid=f"learn{k}/{x.uid}") for x in data]
+        held, train_data = held_out_split(data, test_fraction, cfg.train.seed)
+        seen = (*self.relations, *new)
         old_tasks = [  # what the extractor keeps of earlier tasks: their memory (joint trains on it) and test data
             Task(
                 i,
