@@ -284,6 +284,9 @@ def _bad(kind, run_dir, tmp_path):
     if kind == "not a source":
         write_jsonl(inp, [ok])
         return ["predict", str(tmp_path), str(inp), "--out", str(tmp_path / "o.jsonl")], tmp_path, "neither"
+    if kind == "no such out folder":
+        write_jsonl(inp, [ok])
+        return ["predict", str(run_dir), str(inp), "--out", str(tmp_path / "nope" / "o.jsonl")], tmp_path, "nope"
     out = ["--output_dir", str(tmp_path / "new")]
     if kind == "learn: name clash":
         clash = names[seen[0]]["name"]  # a new id whose (default) name is a learned relation's
@@ -305,6 +308,7 @@ BAD = [
     "not utf-8",
     "empty file",
     "not a source",
+    "no such out folder",
     "learn: name clash",
     "learn: one instance",
     "learn: no relation",

@@ -97,6 +97,9 @@ def cmd_methods(args: argparse.Namespace) -> None:
         print(name)
 
 
+_RUNTIME = ("model.device", "model.dtype")
+
+
 def _extractor_parsers(sub: argparse._SubParsersAction) -> None:
     """`predict`, `learn`, `export`: use what a run trained (see docs/extractor.md)."""
     from errwise.config import field_types
@@ -122,7 +125,7 @@ def _extractor_parsers(sub: argparse._SubParsersAction) -> None:
         description="One more task on SOURCE's model, memory and method, from DATA (errwise JSONL with relation). "
         "Holds out --test-fraction of DATA per relation, reports accuracy on the new relations' held-out part and "
         "on the old relations' test data, and writes --output_dir as an extractor folder. SOURCE is never changed. "
-        "Any option of `errwise run` except data.* can be overridden: --train.epochs 3.",
+        "Options of `errwise run` (but data.* and the model's) can be overridden: --train.epochs 3.",
     )
     lp.add_argument("source", help="run folder or extractor folder")
     lp.add_argument("data", help="errwise JSONL with a relation per record (new relations: 2 instances or more)")
@@ -130,8 +133,8 @@ def _extractor_parsers(sub: argparse._SubParsersAction) -> None:
     lp.add_argument("--method", help="continual method of this step [the source's method.name]")
     lp.add_argument("--test-fraction", type=float, default=0.2, help="held out per relation, seeded [0.2]")
     lp.add_argument("--relations", help="names and descriptions of DATA's relations: {id: {name, description}}")
-    for key in field_types():
-        if "." in key and not key.startswith("data."):
+    for key in field_types():  # not the data, nor the model the adapter belongs to
+        if "." in key and not key.startswith("data.") and (not key.startswith("model.") or key in _RUNTIME):
             lp.add_argument(f"--{key}", metavar="V", dest=key, help="as in `errwise run`")
     ep = sub.add_parser(
         "export",
@@ -156,6 +159,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ErrwiseError(f"--top-k must be >= 1, got {args.top_k}")
     if args.min_score is not None and not 0 <= args.min_score <= 1:
         raise ErrwiseError(f"--min-score is a probability in [0, 1], got {args.min_score}")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        raise ErrwiseError(f"{args.out}: no such folder {Path(args.out).resolve().parent}; create it first")
     check_source(Path(args.source))
     records = read_records(args.input, labelled=False)
     _quiet_loading()
