@@ -198,6 +198,37 @@ def test_learn_prints_old_and_new_accuracy(run_dir, new_data, tmp_path, capsys):
     assert history[1]["old_test"] == len(read_jsonl(out / "test.jsonl"))
 
 
+def test_learn_more_of_a_learned_relation_and_a_named_new_one(run_dir, tmp_path, capsys):
+    """DATA may bring more instances of a learned relation (its memory is chosen again among the kept and the new
+    ones) beside a new relation named by --relations; the split is per relation and seeded."""
+    from errwise.extractor import held_out_split
+
+    known = seen_relations(run_dir)[0]
+    people = ["Ann", "Bo", "Cy", "Di", "Ed", "Flo"]
+    rows = [
+        {"text": f"{a} and {b} met at work .", "head": a, "tail": b, "relation": "coworker"}
+        for a, b in zip(people, people[1:])
+    ]
+    rows += [
+        {"text": f"{a} works with {b} .", "head": a, "tail": b, "relation": known} for a, b in zip(people, people[2:])
+    ]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"coworker": {"name": "colleague of", "description": "They work together."}}))
+    out = tmp_path / "ext"
+    args = ["learn", str(run_dir), str(data), "--output_dir", str(out), "--relations", str(names)]
+    assert main([*args, "--train.max_steps", "2", "--test-fraction", "0.25"]) == 0
+    meta = json.loads((out / "extractor.json").read_text())
+    assert meta["relations"][-1] == {"id": "coworker", "name": "colleague of", "description": "They work together."}
+    (line,) = read_jsonl(out / "history.jsonl")
+    assert line["new_relations"] == ["coworker"] and line["more_of"] == [known]
+    assert line["held_out"] == 2 and line["train_instances"] == 7  # one of 5 and one of 4, per relation
+    memory = [r for r in read_jsonl(out / "memory.jsonl") if r["relation"] == known]
+    assert len(memory) == 2 and any(r["id"].startswith("learn2/") for r in read_jsonl(out / "memory.jsonl"))
+    xs = Extractor.load(out).test
+    assert held_out_split(xs, 0.5, 0) == held_out_split(xs, 0.5, 0)  # seeded
+
+
 @pytest.mark.parametrize("where", ["train", "save"])
 def test_an_interrupted_learn_leaves_nothing(run_dir, new_data, tmp_path, monkeypatch, where):
     import errwise.extractor as ex
