@@ -341,7 +341,7 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
                 counts.append((label, t, acc))
     if not counts:
         return ""
-    # The held-out probe (errwise probe_per_relation) gets its own columns, only when some run has one.
+    # The held-out probe (errwise.probe_per_relation) gets its own columns, only when some run has one.
     has_probe = any(k.startswith("probe.") for *_, acc in counts for k in acc)
     sources = ("train", "memory", "probe") if has_probe else ("train", "memory")
     rows = [
@@ -356,7 +356,7 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
         + _table([*header, "New errors"], rows)
         + "\n\nErrors: wrong initial responses before training on the task; fixed: right after training; new "
         "errors: initially correct, wrong after training. Probe: memory instances held out from training "
-        "(errwise `probe_per_relation`)."
+        "(`errwise.probe_per_relation`)."
     )
 
 

@@ -1,6 +1,6 @@
 """The continual loop, top to bottom: for each task: begin -> train -> memory -> evaluate -> end -> log, checkpoint.
 
-A run folder is the contract (see README, "Run folder"). `metrics.jsonl` gets its line last, after the
+A run folder is the contract (docs/run-folder.md). `metrics.jsonl` gets its line last, after the
 checkpoint, memory and predictions of the task are on disk: its length is the number of completed tasks,
 so a crash loses at most the task in progress and `errwise run RUN_DIR` resumes after the last line.
 """
@@ -140,7 +140,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
                 f"`errwise run {run_dir}` or pass another --output_dir"
             )
         cfg = saved
-    method = build_method(cfg.method)  # an unknown method fails before anything is loaded or written
+    method = build_method(cfg)  # an unknown method fails before anything is loaded or written
     ddp_device = distributed.init()  # under `accelerate launch`: this process's device
     main = distributed.is_main()  # only process 0 writes the run folder; the others write to a scratch folder
     method_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"errwise-rank{distributed.rank()}-"))
