@@ -75,7 +75,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from errwise.report import compare_table
 
-    print(compare_table([Path(r) for r in args.runs], baseline=args.baseline, ignore=args.ignore))
+    print(compare_table([Path(r) for r in args.runs], baseline=args.baseline, ignore=args.ignore, plot=args.plot))
+    if args.plot:
+        print(f"wrote {args.plot}")
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     cp = sub.add_parser("compare", help="methods side by side: mean +- std over orders, paired test")
     cp.add_argument("runs", nargs="+")
     cp.add_argument("--baseline", default="replay")
+    cp.add_argument("--plot", metavar="FILE", help="also write the seen accuracy per task, methods side by side (PNG)")
     for p in (rp, cp):
         p.add_argument(
             "--ignore",

@@ -391,12 +391,19 @@ def helper_cost_table(groups: dict[str, list[RunResult]]) -> str:
     return "### Instructor / distiller cost (summed over orders and tasks)\n\n" + table
 
 
-def compare_table(run_dirs: Sequence[Path], baseline: str = "replay", ignore: Sequence[str] = ()) -> str:
+def compare_table(
+    run_dirs: Sequence[Path], baseline: str = "replay", ignore: Sequence[str] = (), plot: Path | None = None
+) -> str:
     """Markdown: methods as rows, T1..Tn and final accuracy (mean±std over orders), and the final-accuracy
     difference to `baseline` with a paired t-test over task orders; then error-case counts where recorded.
-    `ignore`: config keys that do not split groups (see group_runs)."""
+    `ignore`: config keys that do not split groups (see group_runs). `plot`: also draw the seen accuracy after
+    each task, the groups side by side, to this PNG file."""
     groups = group_runs(_load_all(run_dirs), ignore)
-    table = _compare(groups, {label: group_stats(runs) for label, runs in groups.items()}, baseline)
+    stats = {label: group_stats(runs) for label, runs in groups.items()}
+    if plot is not None:
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_seen_accuracy(stats, Path(plot))
+    table = _compare(groups, stats, baseline)
     extra = [t for t in (error_case_table(groups), helper_cost_table(groups)) if t]
     return "\n\n".join([table, *extra])
 
