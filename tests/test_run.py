@@ -378,3 +378,35 @@ def test_a_finished_run_folder_is_never_overwritten_by_another_config(tiny_model
     with pytest.raises(ErrwiseError, match="another config"):
         run(replace(cfg, train=replace(cfg.train, lr=5e-4)))
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+
+
+def test_report_to_tensorboard_logs_the_loss_per_step_and_the_accuracies_per_task(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional extra: pip install -e '.[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = dataclasses.replace(
+        tiny_config(tiny_model_dir, tmp_path / "tb", "replay"),
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3, consolidate=0.25),
+        report_to="tensorboard",
+    )
+    out = run(cfg)
+    lines = read_jsonl(out / "metrics.jsonl")
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    train_loss = events.Scalars("train/loss") + events.Scalars("consolidate/loss")
+    assert sorted(e.step for e in train_loss) == list(range(1, sum(line["train_steps"] for line in lines) + 1))
+    seen = events.Scalars("eval/seen_accuracy")
+    assert [e.step for e in seen] == [1, 2, 3]
+    assert [e.value for e in seen] == pytest.approx([line["seen_accuracy"] for line in lines])
+    first_task = events.Scalars("eval/accuracy_task_1")
+    assert [e.value for e in first_task] == pytest.approx([line["accuracy_row"][0] for line in lines])
+
+
+def test_report_to_tensorboard_without_the_package_is_a_one_line_error(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    cfg = dataclasses.replace(tiny_config(tiny_model_dir, tmp_path / "no-tb"), report_to="tensorboard")
+    with pytest.raises(ErrwiseError, match=r"pip install -e '\.\[tensorboard\]'"):
+        run(cfg)
+    assert not (tmp_path / "no-tb" / "config.yaml").exists()  # nothing written
+    with pytest.raises(ErrwiseError, match="report_to"):
+        dataclasses.replace(cfg, report_to="wandb")

@@ -30,10 +30,8 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         doc = (cls.__doc__ or "").strip()
         groups[section] = p.add_argument_group(f"{section}.*", doc if not doc.startswith(cls.__name__) else None)
     for key, (_hint, f) in field_types().items():
-        help_text = f.metadata.get("help", "") if isinstance(f, dataclasses.Field) else "Run folder."
-        default = f.default if isinstance(f, dataclasses.Field) else None
-        if isinstance(f, dataclasses.Field) and f.default is dataclasses.MISSING:
-            default = f.default_factory()
+        help_text = f.metadata.get("help", "")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         section = key.split(".")[0]
         target = groups.get(section, p)
         target.add_argument(f"--{key}", metavar="V", help=f"{help_text} [{default}]", dest=key)
@@ -45,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from errwise.config import from_dict, load_yaml, parse_value, set_dotted
     from errwise.run import completed_tasks, run
 
-    overrides = {k: v for k, v in vars(args).items() if "." in k or k == "output_dir"}
+    overrides = {k: v for k, v in vars(args).items() if "." in k or k in ("output_dir", "report_to")}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.config and Path(args.config).is_dir():
         run_dir = Path(args.config)

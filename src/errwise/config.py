@@ -280,8 +280,14 @@ class RunConfig:
     instructor: InstructorConfig = field(default_factory=InstructorConfig)
     lessons: LessonsConfig = field(default_factory=LessonsConfig)
     output_dir: str | None = _f(None, "Run folder (default runs/<dataset>-<method>-order<k>-<time>).")
+    report_to: str = _f(
+        "none",
+        "Experiment tracker: `none`, or `tensorboard` (training loss per step, seen accuracy and accuracy row per "
+        "task, in <run>/tensorboard/; needs `pip install -e '.[tensorboard]'`).",
+    )
 
     def __post_init__(self) -> None:  # checks across sections
+        _check(self.report_to in ("none", "tensorboard"), f"report_to must be none or tensorboard: {self.report_to!r}")
         p, n = self.errwise.probe_per_relation, self.method.memory_per_relation
         _check(
             p == 0 or p < n,
@@ -301,6 +307,10 @@ _SECTION_TYPES = {
 }
 
 
+_TOP_LEVEL = ("output_dir", "report_to")
+"""RunConfig's fields outside the sections."""
+
+
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -309,7 +319,7 @@ def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a RunConfig from a nested mapping; unknown sections or keys are errors naming `source`."""
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
-        if key == "output_dir":
+        if key in _TOP_LEVEL:
             kwargs[key] = value
             continue
         if key not in _SECTION_TYPES:
@@ -367,7 +377,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def field_types() -> dict[str, tuple[type, Any]]:
     """Map every dotted key (`train.lr`) to (type hint, default), for generating the CLI."""
-    out: dict[str, tuple[type, Any]] = {"output_dir": (str, None)}
+    top = {f.name: f for f in dataclasses.fields(RunConfig)}
+    out: dict[str, tuple[type, Any]] = {name: (str, top[name]) for name in _TOP_LEVEL}
     for section, cls in _SECTION_TYPES.items():
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):

@@ -28,7 +28,7 @@ from errwise.errors import ErrwiseError
 
 # Keys that vary between the runs averaged into one group (the task order is the point of averaging).
 # Keys that vary between repetitions of one experiment (or between machines), not between experiments.
-RUN_KEYS = ("data.order", "train.seed", "output_dir", "data.path", "model.device")
+RUN_KEYS = ("data.order", "train.seed", "output_dir", "data.path", "model.device", "report_to")
 
 
 @dataclass(frozen=True)

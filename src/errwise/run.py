@@ -32,6 +32,7 @@ from errwise.evaluate import embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, save_checkpoint
+from errwise.tracking import open_tracker
 from errwise.train import TrainStats, step_budget, train
 
 
@@ -140,6 +141,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     method_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"errwise-rank{distributed.rank()}-"))
     stream = make_stream(cfg)
     check_eval_split(cfg, stream)
+    tracker = open_tracker(cfg.report_to if main else "none", run_dir, sum(r["train_steps"] for r in done))
     if main:
         prepare_run_dir(cfg, run_dir, stream)
     device = ddp_device or pick_device(cfg.model.device)
@@ -158,14 +160,16 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         method.begin_task(ctx)
         phases["begin"] = time.time() - t0
         with timed(phases, "train"):
-            stats, consolidate_steps = train_phase(cfg, ctx, method)
+            stats, consolidate_steps = train_phase(cfg, ctx, method, tracker.step_logger("train/loss"))
         with timed(phases, "memory"):
             memory = memory_phase(cfg, ctx, method, memory)
         consolidation = None
         if consolidate_steps:
             with timed(phases, "consolidate"):
                 after = dataclasses.replace(ctx, memory=memory)  # every seen relation's memory
-                consolidation = consolidation_phase(cfg, after, method, consolidate_steps)
+                consolidation = consolidation_phase(
+                    cfg, after, method, consolidate_steps, tracker.step_logger("consolidate/loss")
+                )
         with timed(phases, "evaluate"):
             rows = evaluate_phase(cfg, ctx)
         with timed(phases, "end"):
@@ -176,8 +180,10 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         if main:
             persist(cfg, run_dir, stream, task, model, memory, rows, matrix, line)
             log_task(stream, task, line, stats)
+            tracker.log_task(line)
         distributed.barrier()
 
+    tracker.close()
     return finish(cfg, run_dir, matrix, start_time, main, method_dir)
 
 
@@ -262,7 +268,7 @@ def _train_kwargs(tc) -> dict:
     }
 
 
-def train_phase(cfg: RunConfig, ctx: TaskContext, method) -> tuple[TrainStats, int]:
+def train_phase(cfg: RunConfig, ctx: TaskContext, method, on_step=None) -> tuple[TrainStats, int]:
     """Train on the method's examples of the task; returns the stats and the steps left for consolidation."""
     tc, task = cfg.train, ctx.task
     examples = method.training_examples(ctx)
@@ -277,6 +283,7 @@ def train_phase(cfg: RunConfig, ctx: TaskContext, method) -> tuple[TrainStats, i
         max_steps=steps - consolidate_steps,
         seed=tc.seed + 1000 * task.index,
         desc=f"T{task.index + 1} train",
+        on_step=on_step,
         **_train_kwargs(tc),
     )
     return stats, consolidate_steps
@@ -291,7 +298,7 @@ def memory_phase(cfg: RunConfig, ctx: TaskContext, method, memory: dict) -> dict
     return memory
 
 
-def consolidation_phase(cfg: RunConfig, ctx: TaskContext, method, steps: int) -> TrainStats:
+def consolidation_phase(cfg: RunConfig, ctx: TaskContext, method, steps: int, on_step=None) -> TrainStats:
     """A short second round on the method's consolidation examples (ctx.memory holds every seen relation)."""
     tc, task = cfg.train, ctx.task
     more = method.consolidation_examples(ctx)
@@ -302,6 +309,7 @@ def consolidation_phase(cfg: RunConfig, ctx: TaskContext, method, steps: int) ->
         max_steps=steps,
         seed=tc.seed + 1000 * task.index + 1,
         desc=f"T{task.index + 1} consolidate",
+        on_step=on_step,
         **_train_kwargs(tc),
     )
 
