@@ -24,10 +24,10 @@ SHARED = REPO.parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def build_tiny_model(path: Path, texts: list[str]) -> Path:
-    import torch
+def build_tiny_tokenizer(texts: list[str]):
+    """A byte-level BPE tokenizer of 600 tokens trained on `texts` (<unk>, <eos>, <pad> special)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -38,7 +38,20 @@ def build_tiny_model(path: Path, texts: list[str]) -> Path:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tk.train_from_iterator(texts, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<eos>", pad_token="<pad>")
+
+
+def tokenizer_texts() -> list[str]:
+    return [(FIXTURES / "tok_seed.json").read_text()] + [
+        "What is the relation of the head to the tail?\nSentence: Head: Tail: Relation: Options:"
+    ]
+
+
+def build_tiny_model(path: Path, texts: list[str]) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_tiny_tokenizer(texts)
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -60,9 +73,7 @@ def build_tiny_model(path: Path, texts: list[str]) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A local model folder usable anywhere a model name is: `--model.name <this path>`."""
-    texts = [(FIXTURES / "tok_seed.json").read_text()]
-    texts += ["What is the relation of the head to the tail?\nSentence: Head: Tail: Relation: Options:"]
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), texts)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tokenizer_texts())
 
 
 @pytest.fixture(scope="session")

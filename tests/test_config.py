@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -67,14 +69,52 @@ def test_a_run_saved_before_error_upsample_existed_reads_as_upsampling(tmp_path)
     from errwise.config import load_saved_config, save_yaml
 
     save_yaml(RunConfig(method=MethodConfig(name="errwise")), tmp_path / "config.yaml")
-    assert load_saved_config(tmp_path / "config.yaml").method.error_upsample is False
+    assert load_saved_config(tmp_path / "config.yaml").errwise.error_upsample is False
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    del saved["method"]["error_upsample"]
+    del saved["errwise"]["error_upsample"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert load_saved_config(tmp_path / "config.yaml").method.error_upsample is True
+    assert load_saved_config(tmp_path / "config.yaml").errwise.error_upsample is True
     saved["method"]["name"] = "replay"  # the key never changed what replay did: it groups with new replay runs
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert load_saved_config(tmp_path / "config.yaml").method.error_upsample is False
+    assert load_saved_config(tmp_path / "config.yaml").errwise.error_upsample is False
     (tmp_path / "user.yaml").write_text("method:\n  name: errwise\n")  # a user's config: the default
     assert load_yaml(tmp_path / "user.yaml")["method"] == {"name": "errwise"}
-    assert from_dict(load_yaml(tmp_path / "user.yaml")).method.error_upsample is False
+    assert from_dict(load_yaml(tmp_path / "user.yaml")).errwise.error_upsample is False
+
+
+def test_a_run_saved_with_errwise_options_under_method_loads_as_the_same_config(tmp_path):
+    """Runs saved before errwise's options had their own section hold them under `method:`: they load into
+    `errwise:` with the same values, so old and new run folders of the same settings group together."""
+    from errwise.config import ErrwiseConfig, load_saved_config, save_yaml
+    from errwise.report import group_runs, load_run
+
+    cfg = RunConfig(
+        method=MethodConfig(name="errwise", memory_per_relation=5),
+        errwise=ErrwiseConfig(error_scope="learned", probe_per_relation=1, error_upsample=True),
+    )
+    save_yaml(cfg, tmp_path / "config.yaml")
+    d = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    old = {k: v for k, v in d.items() if k != "errwise"}
+    old["method"] = {**d["method"], **d["errwise"]}  # the layout of an older run's config.yaml
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    assert load_saved_config(tmp_path / "old.yaml") == load_saved_config(tmp_path / "config.yaml") == cfg
+    del old["method"]["error_upsample"]  # older still: before error_upsample existed, errwise upsampled
+    (tmp_path / "older.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    assert load_saved_config(tmp_path / "older.yaml") == cfg
+    # A fresh preset with a moved key: a one-line error naming it, not a silent change.
+    with pytest.raises(ErrwiseError, match=r"method.error_scope.*section `errwise:`"):
+        from_dict(yaml.safe_load((tmp_path / "old.yaml").read_text()), source="old.yaml")
+    with pytest.raises(ErrwiseError, match=r"--errwise.error_scope"):
+        parse_value("method.error_scope", "learned")
+
+    runs = []
+    for name, layout in (("new", d), ("old", old)):
+        path = tmp_path / name
+        (path / "predictions").mkdir(parents=True)
+        (path / "config.yaml").write_text(yaml.safe_dump({**layout, "output_dir": str(path)}))
+        (path / "relations.json").write_text(json.dumps({"P1": {"name": "a", "description": ""}}))
+        (path / "accuracy_matrix.json").write_text(json.dumps({"tasks": [["P1"]], "matrix": [[1.0]]}))
+        line = {"task": 0, "relations": ["P1"], "seen_accuracy": 1.0, "accuracy_row": [1.0], "seconds": 1.0}
+        (path / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+        runs.append(load_run(path))
+    assert list(group_runs(runs)) == ["errwise"] and len(group_runs(runs)["errwise"]) == 2

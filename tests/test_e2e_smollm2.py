@@ -9,6 +9,7 @@ import pytest
 
 from conftest import REPO, SHARED
 from errwise.cli import main
+from errwise.model import packaged_gguf
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,6 +34,7 @@ def test_cli_run_and_report_with_smollm2(tmp_path, capsys):
     args += ["--data.num_tasks", "2", "--data.relations_per_task", "2", "--data.max_train", "4"]
     args += ["--data.max_test", "3", "--train.max_steps", "2", "--method.memory_per_relation", "2"]
     args += ["--method.name", "errwise"]
+    args += ["--model.name", str(packaged_gguf())]  # the packaged file through the generic .gguf path
     assert main(args) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and lines[1]["n_test"] == 12

@@ -219,7 +219,7 @@ def test_lessons_are_distilled_stored_and_put_into_prompts(tiny_model_dir, tmp_p
 
     from errwise.methods.lessons import Lessons
 
-    method = Lessons(cfg.method)
+    method = Lessons(cfg.errwise)
     method.bank = LessonBank(3, 0.9)
     method.bank.load(out / "lessons" / "task_02.jsonl")
     method.embedder = lambda texts: np.ones((len(texts), 4)) / 2

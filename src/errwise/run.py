@@ -1,6 +1,7 @@
-"""The continual loop, top to bottom: for each task: begin -> train -> memory -> evaluate -> end -> log, checkpoint.
+"""The continual loop, one function per phase: for each task: begin -> train -> memory -> [consolidate] -> evaluate
+-> end -> persist, log.
 
-A run folder is the contract (see README, "Run folder"). `metrics.jsonl` gets its line last, after the
+A run folder is the contract (docs/run-folder.md). `metrics.jsonl` gets its line last, after the
 checkpoint, memory and predictions of the task are on disk: its length is the number of completed tasks,
 so a crash loses at most the task in progress and `errwise run RUN_DIR` resumes after the last line.
 """
@@ -13,6 +14,7 @@ import os
 import random
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -30,7 +32,8 @@ from errwise.evaluate import embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, save_checkpoint
-from errwise.train import step_budget, train
+from errwise.tracking import open_tracker
+from errwise.train import TrainStats, step_budget, train
 
 
 def make_stream(cfg: RunConfig) -> TaskStream:
@@ -131,6 +134,65 @@ def _write_json(path: Path, obj: object) -> None:
 def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     """Run (or resume) a continual stream; returns the run folder."""
     run_dir = Path(run_dir or cfg.output_dir or default_run_dir(cfg))
+    cfg, done = resume_or_start(cfg, run_dir)
+    method = build_method(cfg)  # an unknown method fails before anything is loaded or written
+    ddp_device = distributed.init()  # under `accelerate launch`: this process's device
+    main = distributed.is_main()  # only process 0 writes the run folder; the others write to a scratch folder
+    method_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"errwise-rank{distributed.rank()}-"))
+    stream = make_stream(cfg)
+    check_eval_split(cfg, stream)
+    tracker = open_tracker(cfg.report_to if main else "none", run_dir, sum(r["train_steps"] for r in done))
+    if main:
+        prepare_run_dir(cfg, run_dir, stream)
+    device = ddp_device or pick_device(cfg.model.device)
+    tok = load_tokenizer(cfg.model.name)
+    seed_everything(cfg.train.seed)
+    model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None)
+    memory = load_memory(run_dir, stream, len(done))
+    matrix = [row["accuracy_row"] for row in done]
+    start_time = time.time() - sum(row["seconds"] for row in done)
+
+    for task in tqdm(stream.tasks[len(done) :], desc="tasks", disable=None):
+        t0 = time.time()
+        phases: dict[str, float] = {}
+        seed_everything(cfg.train.seed + 1000 * task.index)  # per-task seed: a resumed run repeats it exactly
+        ctx = task_context(cfg, stream, task, memory, model, tok, method, method_dir)
+        method.begin_task(ctx)
+        phases["begin"] = time.time() - t0
+        with timed(phases, "train"):
+            stats, consolidate_steps = train_phase(cfg, ctx, method, tracker.step_logger("train/loss"))
+        with timed(phases, "memory"):
+            memory = memory_phase(cfg, ctx, method, memory)
+        consolidation = None
+        if consolidate_steps:
+            with timed(phases, "consolidate"):
+                after = dataclasses.replace(ctx, memory=memory)  # every seen relation's memory
+                consolidation = consolidation_phase(
+                    cfg, after, method, consolidate_steps, tracker.step_logger("consolidate/loss")
+                )
+        with timed(phases, "evaluate"):
+            rows = evaluate_phase(cfg, ctx)
+        with timed(phases, "end"):
+            method.end_task(ctx)
+        row = metrics.accuracy_row(rows, task.index + 1)
+        matrix.append(row)
+        line = metrics_line(task, rows, row, stats, consolidation, time.time() - t0, phases)
+        if main:
+            persist(cfg, run_dir, stream, task, model, memory, rows, matrix, line)
+            log_task(stream, task, line, stats)
+            tracker.log_task(line)
+        distributed.barrier()
+
+    tracker.close()
+    return finish(cfg, run_dir, matrix, start_time, main, method_dir)
+
+
+# --- the phases of run(), in the order it calls them ------------------------------------------------------
+
+
+def resume_or_start(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, list[dict]]:
+    """The config to run and the completed tasks' metrics lines: a run folder with completed tasks resumes with
+    its saved config (which must equal `cfg` but for output_dir)."""
     done = completed_tasks(run_dir)
     if done:
         saved = resume_config(run_dir)
@@ -140,154 +202,174 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
                 f"`errwise run {run_dir}` or pass another --output_dir"
             )
         cfg = saved
-    method = build_method(cfg.method)  # an unknown method fails before anything is loaded or written
-    ddp_device = distributed.init()  # under `accelerate launch`: this process's device
-    main = distributed.is_main()  # only process 0 writes the run folder; the others write to a scratch folder
-    method_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"errwise-rank{distributed.rank()}-"))
-    stream = make_stream(cfg)
+    return cfg, done
+
+
+def check_eval_split(cfg: RunConfig, stream: TaskStream) -> None:
     if cfg.eval.split == "val" and not any(t.val for t in stream.tasks):
         raise ErrwiseError(
             f"eval.split is val but the {cfg.data.split} split of {cfg.data.dataset} holds no validation "
             "instances; set data.val_size > 0 (fewrel split) or evaluate with eval.split test"
         )
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-        for sub in ("predictions", "checkpoints", "memory"):
-            (run_dir / sub).mkdir(exist_ok=True)
-        _write_json(
-            run_dir / "relations.json",
-            {r.id: {"name": r.name, "description": r.description} for r in stream.relations},
-        )
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, stream: TaskStream) -> None:
+    """The resolved config, the folders of per-task files, and the relations' names and descriptions."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "config.yaml")
+    for sub in ("predictions", "checkpoints", "memory"):
+        (run_dir / sub).mkdir(exist_ok=True)
+    _write_json(
+        run_dir / "relations.json",
+        {r.id: {"name": r.name, "description": r.description} for r in stream.relations},
+    )
+
+
+def load_memory(run_dir: Path, stream: TaskStream, n_done: int) -> dict[str, list[RelationInstance]]:
+    """The replay memory after the last completed task ({} for a fresh run)."""
+    if not n_done:
+        return {}
     by_uid = {x.uid: x for t in stream.tasks for x in (*t.train, *t.val, *t.test)}
+    saved = json.loads((run_dir / "memory" / f"task_{n_done - 1:02d}.json").read_text())
+    print(f"resuming {run_dir} after task {n_done}/{len(stream.tasks)}")
+    return {rel: [by_uid[u] for u in uids] for rel, uids in saved.items()}
+
+
+def task_context(cfg: RunConfig, stream, task, memory, model, tok, method, method_dir: Path) -> TaskContext:
+    """What the method sees of task `task`; its `predict` answers among every seen relation, sharded over
+    processes, with the method's hints."""
+    seen = tuple(stream.relation(r) for r in stream.seen_relations(task.index))
+
+    def predict_seen(instances, desc="predict"):
+        return distributed.map_sharded(lambda part: _predict(part, desc), instances)
+
+    def _predict(instances, desc):
+        return predict_with(cfg, model, tok, instances, seen, hints=method.hints(instances), desc=desc)
+
+    return TaskContext(cfg, stream, task, seen, memory, model, tok, method_dir, predict_seen)
+
+
+@contextmanager
+def timed(phases: dict[str, float], name: str):
+    """Seconds spent in the block, as phases[name] (metrics.jsonl `phase_seconds`)."""
+    t = time.time()
+    yield
+    phases[name] = time.time() - t
+
+
+def _train_kwargs(tc) -> dict:
+    return {
+        "epochs": tc.epochs,
+        "batch_size": tc.batch_size,
+        "lr": tc.lr,
+        "weight_decay": tc.weight_decay,
+        "warmup_ratio": tc.warmup_ratio,
+        "max_length": tc.max_length,
+    }
+
+
+def train_phase(cfg: RunConfig, ctx: TaskContext, method, on_step=None) -> tuple[TrainStats, int]:
+    """Train on the method's examples of the task; returns the stats and the steps left for consolidation."""
+    tc, task = cfg.train, ctx.task
+    examples = method.training_examples(ctx)
+    budget = len(task.train) + len(ctx.memory_instances()) if tc.budget == "replay" else len(examples)
+    steps = tc.max_steps or step_budget(budget, tc.epochs, tc.batch_size)
+    # The consolidation round takes its steps out of the task's budget, so budgets stay comparable.
+    consolidate_steps = min(round(tc.consolidate * steps), steps - 1) if cfg.method.memory_per_relation else 0
+    stats = train(
+        ctx.model,
+        ctx.tok,
+        examples,
+        max_steps=steps - consolidate_steps,
+        seed=tc.seed + 1000 * task.index,
+        desc=f"T{task.index + 1} train",
+        on_step=on_step,
+        **_train_kwargs(tc),
+    )
+    return stats, consolidate_steps
+
+
+def memory_phase(cfg: RunConfig, ctx: TaskContext, method, memory: dict) -> dict[str, list[RelationInstance]]:
+    """The memory with the task's relations added (selected with the trained model)."""
+    if cfg.method.memory_per_relation > 0:
+        task = ctx.task
+        new = update_memory(cfg, ctx.model, ctx.tok, task.train, task.relations, task.index, method.held_out(ctx))
+        memory = {**memory, **distributed.broadcast(new)}  # k-means may differ in the last bit: use process 0's
+    return memory
+
+
+def consolidation_phase(cfg: RunConfig, ctx: TaskContext, method, steps: int, on_step=None) -> TrainStats:
+    """A short second round on the method's consolidation examples (ctx.memory holds every seen relation)."""
+    tc, task = cfg.train, ctx.task
+    more = method.consolidation_examples(ctx)
+    return train(
+        ctx.model,
+        ctx.tok,
+        more,
+        max_steps=steps,
+        seed=tc.seed + 1000 * task.index + 1,
+        desc=f"T{task.index + 1} consolidate",
+        on_step=on_step,
+        **_train_kwargs(tc),
+    )
+
+
+def evaluate_phase(cfg: RunConfig, ctx: TaskContext) -> list[dict]:
+    """Predictions on every seen task's test (or validation) instances: the rows of predictions/task_XX.jsonl."""
+    stream, task = ctx.stream, ctx.task
     task_of = {r: t.index for t in stream.tasks for r in t.relations}
+    test = eval_instances(stream, task.index, cfg.eval.split)
+    return prediction_rows(test, ctx.predict(test, desc=f"T{task.index + 1} eval"), task_of)
 
-    device = ddp_device or pick_device(cfg.model.device)
-    m = cfg.model
-    adapter = run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None
-    tok = load_tokenizer(m.name)
-    seed_everything(cfg.train.seed)
-    model = load_run_model(cfg, device, adapter)
-    memory: dict[str, list[RelationInstance]] = {}
-    if done:
-        saved = json.loads((run_dir / "memory" / f"task_{len(done) - 1:02d}.json").read_text())
-        memory = {rel: [by_uid[u] for u in uids] for rel, uids in saved.items()}
-        print(f"resuming {run_dir} after task {len(done)}/{len(stream.tasks)}")
-    matrix = [row["accuracy_row"] for row in done]
-    start_time = time.time() - sum(row["seconds"] for row in done)
 
-    for task in tqdm(stream.tasks[len(done) :], desc="tasks", disable=None):
-        t0 = time.time()
-        phases: dict[str, float] = {}
-        seed_everything(cfg.train.seed + 1000 * task.index)  # per-task seed: a resumed run repeats it exactly
-        seen = tuple(stream.relation(r) for r in stream.seen_relations(task.index))
+def metrics_line(task, rows, row, stats: TrainStats, consolidation: TrainStats | None, seconds, phases) -> dict:
+    """The task's line of metrics.jsonl."""
+    return {
+        "task": task.index,
+        "relations": list(task.relations),
+        "seen_accuracy": metrics.seen_accuracy(rows),
+        "accuracy_row": row,
+        "n_test": len(rows),
+        "train_steps": stats.steps + (consolidation.steps if consolidation else 0),
+        "train_examples": stats.examples,
+        "train_tokens": stats.tokens + (consolidation.tokens if consolidation else 0),
+        "train_kinds": stats.kinds,
+        "train_loss": stats.loss,
+        "consolidation": consolidation
+        and {
+            "steps": consolidation.steps,
+            "examples": consolidation.examples,
+            "kinds": consolidation.kinds,
+            "loss": consolidation.loss,
+        },
+        "seconds": seconds,
+        "phase_seconds": phases,
+    }
 
-        def predict_seen(instances, desc="predict", _seen=seen):
-            return distributed.map_sharded(lambda part: _predict(part, desc, _seen), instances)
 
-        def _predict(instances, desc, _seen):
-            return predict_with(cfg, model, tok, instances, _seen, hints=method.hints(instances), desc=desc)
+def persist(cfg: RunConfig, run_dir: Path, stream: TaskStream, task, model, memory, rows, matrix, line) -> None:
+    """Checkpoint, memory, predictions, matrix; the metrics line last (it marks the task done)."""
+    save_checkpoint(model, run_dir / "checkpoints" / f"task_{task.index:02d}")
+    if not cfg.model.lora and task.index > 0:  # full weights are large: keep the latest only
+        _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
+    _write_json(
+        run_dir / "memory" / f"task_{task.index:02d}.json",
+        {r: [x.uid for x in xs] for r, xs in memory.items()},
+    )
+    write_task_results(run_dir, stream, task.index, rows, matrix, line)
 
-        ctx = TaskContext(cfg, stream, task, seen, memory, model, tok, method_dir, predict_seen)
 
-        method.begin_task(ctx)
-        phases["begin"] = time.time() - t0
+def log_task(stream: TaskStream, task, line: dict, stats: TrainStats) -> None:
+    """One line per task on the console."""
+    tqdm.write(
+        f"T{task.index + 1}/{len(stream.tasks)} seen acc {100 * line['seen_accuracy']:.1f}% "
+        f"[{' '.join(f'{100 * a:.0f}' for a in line['accuracy_row'])}] loss {stats.loss:.3f} steps {stats.steps} "
+        f"({line['seconds']:.0f}s)"
+    )
 
-        t = time.time()
-        tc = cfg.train
-        examples = method.training_examples(ctx)
-        budget = len(task.train) + len(ctx.memory_instances()) if tc.budget == "replay" else len(examples)
-        steps = tc.max_steps or step_budget(budget, tc.epochs, tc.batch_size)
-        # The consolidation round takes its steps out of the task's budget, so budgets stay comparable.
-        consolidate_steps = min(round(tc.consolidate * steps), steps - 1) if cfg.method.memory_per_relation else 0
-        kw = {
-            "epochs": tc.epochs,
-            "batch_size": tc.batch_size,
-            "lr": tc.lr,
-            "weight_decay": tc.weight_decay,
-            "warmup_ratio": tc.warmup_ratio,
-            "max_length": tc.max_length,
-        }
-        stats = train(
-            model,
-            tok,
-            examples,
-            max_steps=steps - consolidate_steps,
-            seed=tc.seed + 1000 * task.index,
-            desc=f"T{task.index + 1} train",
-            **kw,
-        )
-        phases["train"] = time.time() - t
 
-        t = time.time()
-        if cfg.method.memory_per_relation > 0:
-            new = update_memory(cfg, model, tok, task.train, task.relations, task.index, method.held_out(ctx))
-            memory = {**memory, **distributed.broadcast(new)}  # k-means may differ in the last bit: use process 0's
-        phases["memory"] = time.time() - t
-
-        consolidation = None
-        if consolidate_steps:
-            t = time.time()
-            more = method.consolidation_examples(dataclasses.replace(ctx, memory=memory))
-            consolidation = train(
-                model,
-                tok,
-                more,
-                max_steps=consolidate_steps,
-                seed=tc.seed + 1000 * task.index + 1,
-                desc=f"T{task.index + 1} consolidate",
-                **kw,
-            )
-            phases["consolidate"] = time.time() - t
-
-        t = time.time()
-        test = eval_instances(stream, task.index, cfg.eval.split)
-        rows = prediction_rows(test, predict_seen(test, desc=f"T{task.index + 1} eval"), task_of)
-        phases["evaluate"] = time.time() - t
-
-        t = time.time()
-        method.end_task(ctx)
-        phases["end"] = time.time() - t
-
-        row = metrics.accuracy_row(rows, task.index + 1)
-        matrix.append(row)
-        line = {
-            "task": task.index,
-            "relations": list(task.relations),
-            "seen_accuracy": metrics.seen_accuracy(rows),
-            "accuracy_row": row,
-            "n_test": len(rows),
-            "train_steps": stats.steps + (consolidation.steps if consolidation else 0),
-            "train_examples": stats.examples,
-            "train_tokens": stats.tokens + (consolidation.tokens if consolidation else 0),
-            "train_kinds": stats.kinds,
-            "train_loss": stats.loss,
-            "consolidation": consolidation
-            and {
-                "steps": consolidation.steps,
-                "examples": consolidation.examples,
-                "kinds": consolidation.kinds,
-                "loss": consolidation.loss,
-            },
-            "seconds": time.time() - t0,
-            "phase_seconds": phases,
-        }
-        if main:  # persist: checkpoint, memory, predictions, matrix; the metrics line last (marks the task done)
-            save_checkpoint(model, run_dir / "checkpoints" / f"task_{task.index:02d}")
-            if not m.lora and task.index > 0:  # full weights are large: keep the latest only
-                _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
-            _write_json(
-                run_dir / "memory" / f"task_{task.index:02d}.json",
-                {r: [x.uid for x in xs] for r, xs in memory.items()},
-            )
-            write_task_results(run_dir, stream, task.index, rows, matrix, line)
-            tqdm.write(
-                f"T{task.index + 1}/{len(stream.tasks)} seen acc {100 * line['seen_accuracy']:.1f}% "
-                f"[{' '.join(f'{100 * a:.0f}' for a in row)}] loss {stats.loss:.3f} steps {stats.steps} "
-                f"({line['seconds']:.0f}s)"
-            )
-        distributed.barrier()
-
+def finish(cfg: RunConfig, run_dir: Path, matrix, start_time: float, main: bool, method_dir: Path) -> Path:
+    """summary.json (process 0); the other processes remove their scratch folder."""
     done = completed_tasks(run_dir)
     seen_acc = [r["seen_accuracy"] for r in done]
     summary = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -104,11 +105,13 @@ def train(
     max_length: int,
     seed: int,
     desc: str = "train",
+    on_step: Callable[[float], None] | None = None,
 ) -> TrainStats:
     """AdamW with linear warmup and decay, a fresh optimiser per call (per task), as CRE codebases do.
 
     The budget is `epochs` passes over `examples`, or exactly `max_steps` optimiser steps (the loop sets them
-    for equal-budget comparisons and the consolidation round); the data are cycled.
+    for equal-budget comparisons and the consolidation round); the data are cycled. `on_step` gets each step's
+    loss (experiment tracking).
     """
     kinds: dict[str, int] = {}
     for ex in examples:
@@ -165,7 +168,10 @@ def train(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        total_loss += distributed.all_sum(loss.item()) / world
+        step_loss = distributed.all_sum(loss.item()) / world
+        total_loss += step_loss
+        if on_step is not None:
+            on_step(step_loss)
         tokens += int(distributed.all_sum(0 if stand_in else int(batch["attention_mask"].sum())))
         bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
     model.eval()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from errwise.config import MethodConfig
+from errwise.config import RunConfig
 from errwise.errors import ErrwiseError
 from errwise.methods.errwise import Errwise
 from errwise.methods.finetune import Finetune
@@ -14,20 +14,23 @@ from errwise.methods.lessons import Lessons
 from errwise.methods.protocol import Method, TaskContext
 from errwise.methods.replay import Replay
 
-METHODS: dict[str, Callable[[MethodConfig], Method]] = {
+# Each builder takes the run's config and passes the method its own section.
+METHODS: dict[str, Callable[[RunConfig], Method]] = {
     "finetune": lambda cfg: Finetune(),
     "replay": lambda cfg: Replay(),
     "joint": lambda cfg: Joint(),
-    "errwise": Errwise,
-    "instructor": Instructor,
-    "lessons": Lessons,
+    "errwise": lambda cfg: Errwise(cfg.errwise),
+    "instructor": lambda cfg: Instructor(cfg.errwise),
+    "lessons": lambda cfg: Lessons(cfg.errwise),
 }
 
 
-def build_method(cfg: MethodConfig) -> Method:
-    if cfg.name not in METHODS:
-        raise ErrwiseError(f"unknown method {cfg.name!r}; choose one of {sorted(METHODS)} (--method.name)")
-    return METHODS[cfg.name](cfg)
+def build_method(cfg: RunConfig) -> Method:
+    """The method `cfg.method.name`, built from its config section."""
+    name = cfg.method.name
+    if name not in METHODS:
+        raise ErrwiseError(f"unknown method {name!r}; choose one of {sorted(METHODS)} (--method.name)")
+    return METHODS[name](cfg)
 
 
 __all__ = ["METHODS", "Method", "TaskContext", "build_method"]

@@ -15,7 +15,7 @@ With `probe_per_relation` > 0, that many instances of each relation's memory are
 with the others before each round, never trained on. The replayed memory is memorised (almost never answered
 wrongly); the probe shows the confusions the model makes on old relations (gold r answered r'), and each one
 makes error-focused examples from r's replayed instances (confronted with r', beside instances of r').
-Every part is switchable (MethodConfig) for the ablations.
+Every part is switchable (ErrwiseConfig, the `errwise.*` options) for the ablations.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import dataclasses
 import json
 import random
 
-from errwise.config import MethodConfig
+from errwise.config import ErrwiseConfig
 from errwise.data.types import RelationInstance, Task
 from errwise.methods.protocol import TaskContext
 from errwise.prompts import Example, confront_example, contrastive_example
 
 
 class Errwise:
-    def __init__(self, cfg: MethodConfig):
+    def __init__(self, cfg: ErrwiseConfig):
         self.cfg = cfg
         self.cases: list[tuple[RelationInstance, str, str]] = []  # (instance, source, predicted relation)
 
@@ -140,7 +140,7 @@ class Errwise:
                 out = rng.sample(out, n)
             elif c.error_upsample:
                 # Few errors repeated up to the share: a lone error of the consolidation round became a dozen
-                # examples answering its relation, which the model then over-predicted (see README).
+                # examples answering its relation, which the model then over-predicted (docs/results.md).
                 out = out * (n // len(out)) + rng.sample(out, n % len(out))
         return base + out
 

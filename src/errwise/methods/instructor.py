@@ -18,7 +18,7 @@ from collections import Counter
 import numpy as np
 
 from errwise import distributed
-from errwise.config import MethodConfig
+from errwise.config import ErrwiseConfig
 from errwise.data.types import RelationInstance
 from errwise.errors import ErrwiseError
 from errwise.evaluate import embed
@@ -47,7 +47,7 @@ def most_similar(query: np.ndarray, pool: np.ndarray, k: int) -> list[int]:
 
 
 class Instructor:
-    def __init__(self, cfg: MethodConfig):
+    def __init__(self, cfg: ErrwiseConfig):
         self.errwise = Errwise(cfg)
         self.backend = None  # built on first use (a local instructor loads a model)
         self.generated: list[RelationInstance] = []

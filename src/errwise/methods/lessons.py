@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 
 from errwise import distributed
-from errwise.config import MethodConfig
+from errwise.config import ErrwiseConfig
 from errwise.data.types import RelationInstance
 from errwise.errors import ErrwiseError
 from errwise.instructor.generate import make_backend
@@ -54,7 +54,7 @@ class Lessons:
     hints_at_inference = True
     """Its prompts carry lessons retrieved from the bank of the run's state (`errwise rescore` cannot redo it)."""
 
-    def __init__(self, cfg: MethodConfig):
+    def __init__(self, cfg: ErrwiseConfig):
         self.errwise = Errwise(cfg)
         self.bank: LessonBank | None = None
         self.embedder = None
