@@ -231,12 +231,16 @@ def test_learn_more_of_a_learned_relation_and_a_named_new_one(run_dir, tmp_path,
 
 @pytest.mark.parametrize("where", ["train", "save"])
 def test_an_interrupted_learn_leaves_nothing(run_dir, new_data, tmp_path, monkeypatch, where):
-    import errwise.extractor as ex
+    import errwise.extractor
+    import errwise.run
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ex, "train" if where == "train" else "save_yaml", boom)
+    if where == "train":
+        monkeypatch.setattr(errwise.run, "train", boom)
+    else:
+        monkeypatch.setattr(errwise.extractor, "save_yaml", boom)
     out = tmp_path / "ext"
     before = tree_hash(run_dir)
     with pytest.raises(SystemExit) as e:

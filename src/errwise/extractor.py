@@ -42,9 +42,8 @@ from errwise.data.formats import _fail, _find, _pair, _record, _tokens, read_rel
 from errwise.data.types import Relation, RelationInstance, Task, TaskStream
 from errwise.errors import ErrwiseError
 from errwise.evaluate import prompt_ids
-from errwise.methods import TaskContext, build_method
-from errwise.model import build_labels, load_model, load_tokenizer, pick_device, pick_dtype, score_candidates
-from errwise.train import step_budget, train
+from errwise.methods import build_method
+from errwise.model import build_labels, load_tokenizer, pick_device, score_candidates
 
 EXTRACTOR_FILE = "extractor.json"
 EXPORT_FILE = "errwise.json"
@@ -325,7 +324,7 @@ class Extractor:
         memory, test = self._memory_and_test()
         known = {r.id: r for r in self.relations}
         new = new_relations(self.relations, data, relations or {}, source)
-        build_method(cfg.method)  # an unknown method fails before any work
+        build_method(cfg)  # an unknown method fails before any work
         k = len(self.tasks)
         # uids unique across steps (a file of the same name may come again): `learn<step>/<id or file:line>`
         data = [dataclasses.replace(x, uid=f"learn{k}/{x.uid}") for x in data]
@@ -596,20 +595,9 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
 
 
 def _load_model(cfg: RunConfig, device: str | None, adapter: Path | None):
-    m = cfg.model
-    dev = pick_device(device or m.device)
-    model = load_model(
-        m.name,
-        device=dev,
-        dtype=pick_dtype(m.dtype, dev),
-        lora=m.lora,
-        lora_r=m.lora_r,
-        lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout,
-        lora_targets=m.lora_targets,
-        adapter=adapter,
-    )
-    return model, load_tokenizer(m.name)
+    from errwise.run import load_run_model
+
+    return load_run_model(cfg, pick_device(device or cfg.model.device), adapter), load_tokenizer(cfg.model.name)
 
 
 def held_out_split(
@@ -634,48 +622,32 @@ def learn_task(
     tok,
     records_dir: Path,
 ) -> dict:
-    """One task of the continual loop on `model` (trained in place): the method's begin_task, its training
-    examples, training with run.py's step budget, the memory update, the consolidation round and end_task.
+    """One task of the continual loop on `model` (trained in place), with run()'s phases: the method's begin_task,
+    training (its examples, the run's step budget), the memory update, the consolidation round and end_task.
     Returns the training figures, the updated memory ("memory") and the method's prediction hints ("hints")."""
-    from errwise.run import predict_with, seed_everything, update_memory
+    from errwise.run import (
+        consolidation_phase,
+        memory_phase,
+        seed_everything,
+        task_context,
+        train_phase,
+        update_memory,
+    )
 
-    method = build_method(cfg.method)
+    method = build_method(cfg)
     seed_everything(cfg.train.seed + 1000 * task.index)
-    seen = stream.relations
-
-    def predict_seen(instances, desc="predict"):
-        return predict_with(cfg, model, tok, instances, seen, hints=method.hints(instances), desc=desc)
-
-    ctx = TaskContext(cfg, stream, task, seen, memory, model, tok, records_dir, predict_seen)
+    ctx = task_context(cfg, stream, task, memory, model, tok, method, records_dir)
     method.begin_task(ctx)
-    tc = cfg.train
-    examples = method.training_examples(ctx)
-    budget = len(task.train) + len(ctx.memory_instances()) if tc.budget == "replay" else len(examples)
-    steps = tc.max_steps or step_budget(budget, tc.epochs, tc.batch_size)
-    consolidate_steps = min(round(tc.consolidate * steps), steps - 1) if cfg.method.memory_per_relation else 0
-    kw = {
-        "epochs": tc.epochs,
-        "batch_size": tc.batch_size,
-        "lr": tc.lr,
-        "weight_decay": tc.weight_decay,
-        "warmup_ratio": tc.warmup_ratio,
-        "max_length": tc.max_length,
-    }
-    seed = tc.seed + 1000 * task.index
-    stats = train(model, tok, examples, max_steps=steps - consolidate_steps, seed=seed, desc="learn", **kw)
-    if cfg.method.memory_per_relation > 0:
-        # The memory of the task's new relations, and of learned ones that got more instances: chosen among the
-        # kept memory and the new instances together.
-        more = {x.relation for x in task.train} - set(task.relations)
+    stats, consolidate_steps = train_phase(cfg, ctx, method)
+    memory = memory_phase(cfg, ctx, method, memory)  # the new relations' memory
+    more = sorted({x.relation for x in task.train} - set(task.relations))
+    if more and cfg.method.memory_per_relation > 0:
+        # Learned relations that got more instances: their memory is chosen again among the kept and the new ones.
         pool = [*task.train, *(x for r in more for x in memory.get(r, []))]
-        rels = [*task.relations, *sorted(more)]
-        memory = {**memory, **update_memory(cfg, model, tok, pool, rels, task.index, method.held_out(ctx))}
+        memory = {**memory, **update_memory(cfg, model, tok, pool, more, task.index)}
     consolidation = None
     if consolidate_steps:
-        more_examples = method.consolidation_examples(dataclasses.replace(ctx, memory=memory))
-        consolidation = train(
-            model, tok, more_examples, max_steps=consolidate_steps, seed=seed + 1, desc="learn consolidate", **kw
-        )
+        consolidation = consolidation_phase(cfg, dataclasses.replace(ctx, memory=memory), method, consolidate_steps)
     method.end_task(ctx)
     return {
         "train_steps": stats.steps + (consolidation.steps if consolidation else 0),
