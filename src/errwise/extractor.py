@@ -14,7 +14,8 @@ non-best labels at -inf), and the probability of a relation is the softmax of th
 learned relations: a distribution among them, not a calibrated confidence that any of them holds.
 
 `learn` runs one more task through the method's full cycle (begin_task, training_examples, train, memory update,
-consolidation, end_task), with run.py's `train`, `update_memory` and `predict_with`.
+consolidation, end_task), with run()'s phase functions (`run.task_context`, `train_phase`, `memory_phase`,
+`consolidation_phase`) and `run.predict_with`.
 """
 
 from __future__ import annotations
