@@ -51,7 +51,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     d = load_yaml(args.config) if args.config else {}
     for k, v in overrides.items():
         set_dotted(d, k, parse_value(k, v))
-    run(from_dict(d, source=args.config or "command line"))
+    source = f"{args.config} with the command-line options" if args.config and overrides else args.config
+    run(from_dict(d, source=source or "command line"))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
