@@ -6,7 +6,9 @@ Every user error is one line on stderr (`error: ...`) and exit status 2; never a
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from errwise.errors import ErrwiseError
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--out", help="parent folder of the rescored runs (default: beside each run, RUN-test<N>)")
     sub.add_parser("methods", help="list the registered continual methods")
     args = parser.parse_args(argv)
+    previous = _sigterm_as_interrupt()
     try:
         {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "rescore": cmd_rescore, "methods": cmd_methods}[
             args.command
@@ -141,10 +144,30 @@ def main(argv: list[str] | None = None) -> int:
     except ErrwiseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder: what marks progress is written atomically, nothing is lost
+        from errwise.errors import os_error
+
+        resume = "; completed tasks are kept: rerun the command to resume" if args.command == "run" else ""
+        print(f"error: {os_error(e)}{resume}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: completed tasks are saved; rerun `errwise run RUN_DIR` to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (`kill`, a job scheduler's stop) ends a run as Ctrl-C does; returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,18 @@ class ErrwiseError(Exception):
     """A user-facing error. The CLI prints `error: <message>` and exits with status 2, no traceback."""
 
 
-def os_error(e: OSError, doing: str = "cannot write") -> ErrwiseError:
+def os_error(e: OSError) -> ErrwiseError:
     """An OSError (full disk, read-only folder, permissions) as one line: the path, the errno text, the fix."""
-    path = e.filename or "?"
     name = errno.errorcode.get(e.errno or 0, "")
     fix = {
         errno.ENOSPC: "free some space",
         errno.EDQUOT: "free some space",
-        errno.EROFS: "pass a writable folder (--output_dir)",
-        errno.EACCES: "check the permissions or pass another folder",
-        errno.EPERM: "check the permissions or pass another folder",
+        errno.EROFS: "pass a writable folder",
+        errno.EACCES: "check the permissions or pass another path",
+        errno.EPERM: "check the permissions or pass another path",
     }.get(e.errno or 0, "check the path")
-    return ErrwiseError(f"{path}: {doing} ({e.strerror or e}{f', {name}' if name else ''}); {fix}")
+    where = f"{e.filename}: " if e.filename else ""
+    return ErrwiseError(f"{where}{e.strerror or e}{f' ({name})' if name else ''}; {fix}")
 
 
 def read_text(path: str | Path) -> str:

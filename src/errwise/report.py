@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from errwise import metrics
 from errwise.config import load_saved_config, to_dict
 from errwise.errors import ErrwiseError
+from errwise.rundir import completed_tasks
 
 # Keys that vary between the runs averaged into one group (the task order is the point of averaging).
 # Keys that vary between repetitions of one experiment (or between machines), not between experiments.
@@ -79,7 +80,7 @@ def load_run(path: Path) -> RunResult:
         raise ErrwiseError(
             f"no metrics.jsonl in {path}: not an errwise run folder; pass the folder `errwise run` printed"
         )
-    lines = [json.loads(s) for s in (path / "metrics.jsonl").read_text().splitlines() if s.strip()]
+    lines = completed_tasks(path)  # a torn last line (a crash mid-write) is a task not done
     # Resolved through the dataclasses, so a run saved before a config key existed gets what it ran with.
     config = to_dict(load_saved_config(path / "config.yaml"))
     summary_path = path / "summary.json"

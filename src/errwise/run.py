@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import tempfile
 import time
@@ -30,6 +29,15 @@ from errwise.evaluate import embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, save_checkpoint
+from errwise.rundir import (
+    append_line,
+    atomic_write,
+    check_resumable,
+    claim_run_dir,
+    completed_tasks,
+    unlock_run_dir,
+    write_checkpoint,
+)
 from errwise.train import step_budget, train
 
 
@@ -55,13 +63,6 @@ def make_stream(cfg: RunConfig) -> TaskStream:
 def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{Path(cfg.data.dataset).stem}-{cfg.method.name}-order{cfg.data.order}-{stamp}"
-
-
-def completed_tasks(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def resume_config(run_dir: Path) -> RunConfig:
@@ -117,15 +118,11 @@ def seed_everything(seed: int) -> None:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
@@ -150,8 +147,10 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             f"eval.split is val but the {cfg.data.split} split of {cfg.data.dataset} holds no validation "
             "instances; set data.val_size > 0 (fewrel split) or evaluate with eval.split test"
         )
+    check_resumable(run_dir, done, stream, cfg.model.lora)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        claim_run_dir(run_dir, done)
         save_yaml(cfg, run_dir / "config.yaml")
         for sub in ("predictions", "checkpoints", "memory"):
             (run_dir / sub).mkdir(exist_ok=True)
@@ -273,14 +272,14 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             "phase_seconds": phases,
         }
         if main:  # persist: checkpoint, memory, predictions, matrix; the metrics line last (marks the task done)
-            save_checkpoint(model, run_dir / "checkpoints" / f"task_{task.index:02d}")
-            if not m.lora and task.index > 0:  # full weights are large: keep the latest only
-                _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
+            write_checkpoint(save_checkpoint, model, run_dir / "checkpoints" / f"task_{task.index:02d}")
             _write_json(
                 run_dir / "memory" / f"task_{task.index:02d}.json",
                 {r: [x.uid for x in xs] for r, xs in memory.items()},
             )
             write_task_results(run_dir, stream, task.index, rows, matrix, line)
+            if not m.lora and task.index > 0:  # full weights are large: keep the latest only, once it is marked done
+                _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
             tqdm.write(
                 f"T{task.index + 1}/{len(stream.tasks)} seen acc {100 * line['seen_accuracy']:.1f}% "
                 f"[{' '.join(f'{100 * a:.0f}' for a in row)}] loss {stats.loss:.3f} steps {stats.steps} "
@@ -302,6 +301,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         _remove(method_dir)
         return run_dir
     _write_json(run_dir / "summary.json", summary)
+    unlock_run_dir(run_dir)
     print(
         f"done: {run_dir}  final {100 * summary['final_accuracy']:.1f}%  "
         f"average {100 * summary['average_accuracy']:.1f}%  ({summary['wall_seconds']:.0f}s)"
@@ -317,8 +317,7 @@ def write_task_results(
     _write_json(
         run_dir / "accuracy_matrix.json", {"tasks": [list(t.relations) for t in stream.tasks], "matrix": matrix}
     )
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
+    append_line(run_dir / "metrics.jsonl", line)
 
 
 def eval_instances(stream: TaskStream, task_index: int, split: str) -> list[RelationInstance]:
