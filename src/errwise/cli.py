@@ -53,8 +53,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     d = load_yaml(args.config) if args.config else {}
     for k, v in overrides.items():
         set_dotted(d, k, parse_value(k, v))
-    source = f"{args.config} with the command-line options" if args.config and overrides else args.config
-    run(from_dict(d, source=source or "command line"))
+    from_cli = args.config and any(k != "output_dir" for k in overrides)
+    run(from_dict(d, source=f"{args.config} + command line" if from_cli else args.config or "command line"))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -99,8 +99,15 @@ def cmd_methods(args: argparse.Namespace) -> None:
         print(name)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (the subcommands' parsers are of this class as well)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="errwise", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="errwise", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     rp = sub.add_parser("report", help="markdown table and plots from run folders")

@@ -25,14 +25,15 @@ def os_error(e: OSError) -> ErrwiseError:
 
 
 def read_text(path: str | Path) -> str:
-    """A user's text file, which must be UTF-8: any other bytes are one line naming the line and byte offset."""
+    """A user's text file, which must be UTF-8 (a leading byte-order mark is dropped): other bytes are one line
+    naming the line and the byte offset."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ErrwiseError(f"{path}: cannot read ({e.strerror}); check the path") from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark, as some editors write
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ErrwiseError(

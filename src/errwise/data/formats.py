@@ -76,8 +76,8 @@ def _tokens(path: Path, where: str, tokens: Any) -> list[str]:
 
 
 def _label(path: Path, where: str, key: str, value: Any) -> str:
-    """A relation id or instance id: a non-empty string (an integer id is read as its digits)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    """A relation or instance id: a non-empty string (an instance id may be an integer, read as its digits)."""
+    if key == "id" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str) or not value.strip():
         _fail(path, where, f'"{key}" must be a non-empty string, got {json.dumps(value):.40}; fix the record')
