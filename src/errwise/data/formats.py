@@ -94,7 +94,7 @@ def _span(path: Path, where: str, role: str, start: Any, end: Any, n: int) -> tu
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end))
     if not (ints and 0 <= start < end <= n):
         _fail(
-            path, where, f"{role} span [{start}, {end}) is empty or outside the sentence of {n} tokens; "
+            path, where, f"{role} span [{start!r}, {end!r}) is empty or outside the sentence of {n} tokens; "
             "spans are token offsets with 0 <= start < end <= number of tokens",
         )  # fmt: skip
     return start, end
