@@ -316,6 +316,10 @@ DAMAGE = {
         lambda r: metrics_lines(r, 0, b"".join(reversed((r / "metrics.jsonl").read_bytes().splitlines(True)))),
         "metrics.jsonl: line 1 is damaged",
     ),
+    "metrics last line repeats a task": (
+        lambda r: metrics_lines(r, 2, (r / "metrics.jsonl").read_bytes().splitlines(True)[1]),
+        "metrics.jsonl: line 3 is damaged (not the metrics of task 3); delete it and the lines after it",
+    ),
     "config.yaml missing": (lambda r: (r / "config.yaml").unlink(), "has no config.yaml"),
     "config.yaml not UTF-8": (lambda r: (r / "config.yaml").write_bytes(RANDOM), "config.yaml: line 1, byte 0"),
     "config.yaml bad value": (

@@ -45,11 +45,11 @@ def _read_metrics(run_dir: Path) -> tuple[list[dict], bytes]:
             row = json.loads(chunk.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             row = None
+        if not isinstance(row, dict) and i == last:  # torn by a crash mid-write: that task is not done
+            break
         ok = isinstance(row, dict) and row.get("task") == len(rows) and isinstance(row.get("accuracy_row"), list)
         ok = ok and len(row["accuracy_row"]) == len(rows) + 1 and isinstance(row.get("seconds"), (int, float))
         if not ok:
-            if i == last:  # torn by a crash during its write: that task is not done, and is trained again
-                break
             raise ErrwiseError(
                 f"{path}: line {i + 1} is damaged (not the metrics of task {len(rows) + 1}); delete it and the lines "
                 f"after it to train those tasks again"
