@@ -421,6 +421,8 @@ def test_a_full_disk_is_one_line_and_loses_nothing(finished, tmp_path, capsys, m
     line = one_line_error(["run", str(run)], capsys, loaded=True)
     assert f"{run}/memory/task_01.json: " in line and errno.errorcode[err] in line and "rerun" in line
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    with open(run / ".lock") as lock:  # released, though `run` raised: another process may take the folder
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     monkeypatch.setattr(run_module, "_write_json", real)
     assert main(["run", str(run)]) == 0
     assert outcome(run) == outcome(finished)

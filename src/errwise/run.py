@@ -35,7 +35,7 @@ from errwise.rundir import (
     check_resumable,
     claim_run_dir,
     completed_tasks,
-    unlock_run_dir,
+    holds_run_dir,
     write_checkpoint,
 )
 from errwise.train import step_budget, train
@@ -125,6 +125,7 @@ def _write_json(path: Path, obj: object) -> None:
     atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
+@holds_run_dir
 def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     """Run (or resume) a continual stream; returns the run folder."""
     run_dir = Path(run_dir or cfg.output_dir or default_run_dir(cfg))
@@ -301,7 +302,6 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         _remove(method_dir)
         return run_dir
     _write_json(run_dir / "summary.json", summary)
-    unlock_run_dir(run_dir)
     print(
         f"done: {run_dir}  final {100 * summary['final_accuracy']:.1f}%  "
         f"average {100 * summary['average_accuracy']:.1f}%  ({summary['wall_seconds']:.0f}s)"

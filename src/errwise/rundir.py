@@ -9,11 +9,13 @@ last line (a run folder from an older version, or a disk that failed mid-write) 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from errwise.data.types import TaskStream
 from errwise.errors import ErrwiseError, os_error
@@ -114,16 +116,17 @@ def sync_tree(folder: Path) -> None:
     _fsync_dir(folder.parent)
 
 
-_LOCKS: dict[Path, object] = {}  # run folder -> its open, locked `.lock` file, held until the run returns
+_LOCKS: dict[Path, Any] = {}  # run folder -> its open, locked `.lock` file, held until `run` returns
 
 
 def lock_run_dir(run_dir: Path) -> None:
-    """One process per run folder: an `fcntl` lock on `run_dir/.lock`, released when the run returns or the process
-    ends (even by kill -9). A second process gets a one-line error and changes nothing."""
+    """One process per run folder: an `fcntl` lock on `run_dir/.lock`, released when `run` returns or raises
+    (`holds_run_dir`) or the process ends (even by kill -9). A second process gets a one-line error and changes
+    nothing."""
     import fcntl
 
     key = run_dir.resolve()
-    if key in _LOCKS:  # this process holds it already (an earlier call in it raised)
+    if key in _LOCKS:  # this process holds it already
         return
     f = open(run_dir / ".lock", "a+")
     try:
@@ -142,10 +145,20 @@ def lock_run_dir(run_dir: Path) -> None:
     _LOCKS[key] = f
 
 
-def unlock_run_dir(run_dir: Path) -> None:
-    f = _LOCKS.pop(run_dir.resolve(), None)
-    if f is not None:
-        f.close()
+def holds_run_dir(fn):
+    """Decorator of `run`: the run folder it locks is unlocked when it returns or raises (a notebook whose run
+    failed must not keep the folder from a later process)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        held = set(_LOCKS)
+        try:
+            return fn(*args, **kw)
+        finally:
+            for key in set(_LOCKS) - held:
+                _LOCKS.pop(key).close()
+
+    return wrapper
 
 
 def claim_run_dir(run_dir: Path, done: list[dict]) -> None:
