@@ -426,3 +426,12 @@ def test_a_full_disk_is_one_line_and_loses_nothing(finished, tmp_path, capsys, m
     monkeypatch.setattr(run_module, "_write_json", real)
     assert main(["run", str(run)]) == 0
     assert outcome(run) == outcome(finished)
+
+
+def test_a_report_reads_a_torn_run_folder_as_incomplete(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "summary.json").unlink()
+    metrics_lines(run, 2, b'{"task": 2, "seen_acc')
+    assert main(["report", str(run), "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    assert "incomplete (2/3 tasks)" in (tmp_path / "report" / "report.md").read_text()
