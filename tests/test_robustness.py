@@ -186,6 +186,7 @@ YAML = {
     "num_tasks a list": ("data: {num_tasks: [1]}\n", "data.num_tasks expects an integer or null"),
     "eval batch size 0": ("eval: {batch_size: 0}\n", "eval.batch_size must be > 0, got 0"),
     "max_test 0": ("data: {max_test: 0}\n", "data.max_test must be > 0"),
+    "test_size 0": ("data: {test_size: 0}\n", "data.test_size must be > 0"),
     "warmup above 1": ("train: {warmup_ratio: 1.5}\n", "train.warmup_ratio must be in [0, 1)"),
     "dropout 1": ("model: {lora_dropout: 1}\n", "model.lora_dropout must be in [0, 1)"),
     "negative seed": ("train: {seed: -1}\n", "train.seed must be >= 0"),

@@ -56,7 +56,7 @@ class DataConfig:
         _check(self.num_tasks is None or self.num_tasks > 0, "data.num_tasks must be > 0")
         _check(self.train_size > 0, f"data.train_size must be > 0, got {self.train_size}")
         _check(self.val_size >= 0, f"data.val_size must be >= 0, got {self.val_size}")
-        _check(self.test_size >= 0, f"data.test_size must be >= 0, got {self.test_size}")
+        _check(self.test_size > 0, f"data.test_size must be > 0, got {self.test_size}")
         for name in ("max_train", "max_test", "max_val"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"data.{name} must be > 0 (or null for all), got {value}")
