@@ -305,6 +305,10 @@ DAMAGE = {
         lambda r: (r / "memory" / "task_02.json").write_text('{"P26": ["nope/1"]}'),
         "names instances the data does not hold",
     ),
+    "memory holds lists of lists": (
+        lambda r: (r / "memory" / "task_02.json").write_text('{"P26": [["x"]]}'),
+        "names instances the data does not hold",
+    ),
     "no intact checkpoint before": (
         lambda r: [shutil.rmtree(r / "checkpoints" / f"task_{i:02d}") for i in range(3)],
         "or delete metrics.jsonl to train again from T1",

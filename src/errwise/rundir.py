@@ -222,7 +222,8 @@ def _task_files_problem(run_dir: Path, k: int, uids: set[str], lora: bool) -> st
     if bad:
         return f"its memory {memory} is {bad}"
     saved = json.loads(memory.read_text())
-    ok = isinstance(saved, dict) and all(isinstance(v, list) and all(u in uids for u in v) for v in saved.values())
+    ok = isinstance(saved, dict) and all(isinstance(v, list) for v in saved.values())
+    ok = ok and all(isinstance(u, str) and u in uids for v in saved.values() for u in v)
     if not ok:
         return f"its memory {memory} names instances the data does not hold (damaged, or the data changed)"
     return None
