@@ -440,3 +440,12 @@ def test_a_report_reads_a_torn_run_folder_as_incomplete(finished, tmp_path, caps
     metrics_lines(run, 2, b'{"task": 2, "seen_acc')
     assert main(["report", str(run), "--out", str(tmp_path / "report"), "--quiet"]) == 0
     assert "incomplete (2/3 tasks)" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["relations.json", "summary.json", "accuracy_matrix.json"])
+def test_a_report_of_a_damaged_file_is_one_line(finished, tmp_path, capsys, name):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    truncate(run / name, 5)
+    argv = ["report", str(run), "--out", str(tmp_path / "report")]
+    fails_cleanly(tmp_path, argv, capsys, f"{run / name}: line 2, column 2: malformed JSON")
