@@ -141,9 +141,9 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     check_eval_split(cfg, stream)
     check_resumable(run_dir, done, stream, cfg.model.lora)
     tok = load_tokenizer(cfg.model.name)  # a model that cannot be found fails before the run folder is written
+    tracker = open_tracker(cfg.report_to if main else "none", run_dir, sum(r["train_steps"] for r in done))
     if main:
         prepare_run_dir(cfg, run_dir, stream, done)
-    tracker = open_tracker(cfg.report_to if main else "none", run_dir, sum(r["train_steps"] for r in done))
     device = ddp_device or pick_device(cfg.model.device)
     seed_everything(cfg.train.seed)
     model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None)
