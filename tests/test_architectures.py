@@ -177,3 +177,13 @@ def test_a_hub_id_is_passed_through_and_a_changed_gguf_gets_a_new_cache_key(tmp_
     assert gguf_identity(f) == key
     f.write_bytes(b"GGUF" + bytes(99) + b"\x01")
     assert gguf_identity(f) != key
+
+
+def test_run_with_a_missing_model_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from errwise.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--model.name", str(tmp_path / "no" / "such"), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no such model folder") and "\n" not in err
+    assert not out.exists()

@@ -38,7 +38,7 @@ def test_cli_values_follow_declared_types():
     assert parse_value("data.num_tasks", "3") == 3
     assert parse_value("model.lora", "false") is False
     assert parse_value("model.lora_targets", "q_proj,v_proj") == ["q_proj", "v_proj"]
-    with pytest.raises(ErrwiseError, match="expects float"):
+    with pytest.raises(ErrwiseError, match="--train.lr expects a finite number"):
         parse_value("train.lr", "fast")
     with pytest.raises(ErrwiseError, match="unknown option"):
         parse_value("train.nope", "1")

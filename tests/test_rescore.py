@@ -75,7 +75,7 @@ def test_rescore_refuses_what_it_cannot_score(tiny_model_dir, small_run, tmp_pat
     from errwise.config import save_yaml
 
     save_yaml(cfg, lessons / "config.yaml")
-    (lessons / "metrics.jsonl").write_text(json.dumps({"task": 0}) + "\n")
+    (lessons / "metrics.jsonl").write_text(json.dumps({"task": 0, "accuracy_row": [0.5], "seconds": 1.0}) + "\n")
     with pytest.raises(ErrwiseError, match="hints"):
         rescore(lessons, tmp_path / "x", max_test=4)
 

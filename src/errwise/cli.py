@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from errwise.errors import ErrwiseError
@@ -59,7 +61,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     d = load_yaml(args.config) if args.config else {}
     for k, v in overrides.items():
         set_dotted(d, k, parse_value(k, v))
-    run(from_dict(d, source=args.config or "command line"))
+    from_cli = args.config and any(k != "output_dir" for k in overrides)
+    run(from_dict(d, source=f"{args.config} + command line" if from_cli else args.config or "command line"))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -234,8 +237,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too (the subcommands' parsers are of this class as well)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="errwise", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="errwise", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     rp = sub.add_parser("report", help="markdown table and plots from run folders")
@@ -275,15 +285,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "rescore": cmd_rescore}
     commands |= {"methods": cmd_methods, "predict": cmd_predict, "learn": cmd_learn, "export": cmd_export}
+    previous = _sigterm_as_interrupt()
     try:
         commands[args.command](args)
     except ErrwiseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder: what marks progress is written atomically, nothing is lost
+        from errwise.errors import os_error
+
+        resume = "; completed tasks are kept: rerun the command to resume" if args.command == "run" else ""
+        print(f"error: {os_error(e)}{resume}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: completed tasks are saved; rerun `errwise run RUN_DIR` to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (`kill`, a job scheduler's stop) ends a run as Ctrl-C does; returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 if __name__ == "__main__":

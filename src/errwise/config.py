@@ -7,6 +7,8 @@ The resolved config is saved as `config.yaml` in every run folder.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from errwise.errors import ErrwiseError
+from errwise.errors import ErrwiseError, read_text
 
 OFFLINE_MODEL_NAME = "smollm2-135m-offline"
 
@@ -54,6 +56,13 @@ class DataConfig:
         _check(self.relations_per_task > 0, "data.relations_per_task must be > 0")
         _check(self.split in ("fewrel", "tacred"), f"data.split must be fewrel or tacred, got {self.split!r}")
         _check(self.num_tasks is None or self.num_tasks > 0, "data.num_tasks must be > 0")
+        _check(self.train_size > 0, f"data.train_size must be > 0, got {self.train_size}")
+        _check(self.val_size >= 0, f"data.val_size must be >= 0, got {self.val_size}")
+        _check(self.test_size > 0, f"data.test_size must be > 0, got {self.test_size}")
+        for name in ("max_train", "max_test", "max_val"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"data.{name} must be > 0 (or null for all), got {value}")
+        _check(self.split_seed is None or self.split_seed >= 0, f"data.split_seed must be >= 0, got {self.split_seed}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.lora_r > 0, "model.lora_r must be > 0")
+        _check(self.lora_alpha > 0, f"model.lora_alpha must be > 0, got {self.lora_alpha}")
+        _check(0 <= self.lora_dropout < 1, f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _check(not self.lora or bool(self.lora_targets), "model.lora_targets must name at least one module")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), f"model.dtype: {self.dtype!r}")
 
 
@@ -113,6 +125,10 @@ class TrainConfig:
         _check(self.max_steps is None or self.max_steps > 0, "train.max_steps must be > 0")
         _check(self.budget in ("own", "replay"), f"train.budget must be own or replay, got {self.budget!r}")
         _check(0 <= self.consolidate < 1, f"train.consolidate must be in [0, 1), got {self.consolidate!r}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.max_length > 0, f"train.max_length must be > 0, got {self.max_length}")
+        _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -231,6 +247,10 @@ class InstructorConfig:
         _check(self.per_error > 0, "instructor.per_error must be > 0")
         _check(self.max_errors >= 0, "instructor.max_errors must be >= 0")
         _check(self.temperature >= 0, "instructor.temperature must be >= 0")
+        _check(self.contrast_k >= 0, f"instructor.contrast_k must be >= 0, got {self.contrast_k}")
+        _check(self.max_tokens > 0, f"instructor.max_tokens must be > 0, got {self.max_tokens}")
+        _check(self.timeout > 0, f"instructor.timeout must be > 0, got {self.timeout}")
+        _check(self.max_retries >= 0, f"instructor.max_retries must be >= 0, got {self.max_retries}")
 
 
 @dataclass(frozen=True)
@@ -250,6 +270,9 @@ class LessonsConfig:
         _check(self.distiller in ("instructor", "target"), f"lessons.distiller: {self.distiller!r}")
         _check(self.embedder in ("minilm", "target"), f"lessons.embedder must be minilm or target: {self.embedder!r}")
         _check(self.top_k >= 0 and self.max_lessons > 0, "lessons.top_k must be >= 0 and lessons.max_lessons > 0")
+        _check(self.per_group > 0, f"lessons.per_group must be > 0, got {self.per_group}")
+        _check(self.max_groups >= 0, f"lessons.max_groups must be >= 0, got {self.max_groups}")
+        _check(0 < self.dedup <= 1, f"lessons.dedup must be in (0, 1], got {self.dedup}")
 
 
 @dataclass(frozen=True)
@@ -267,6 +290,7 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
+        _check(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
         _check(self.score in ("sum", "mean"), f"eval.score must be sum or mean, got {self.score!r}")
         _check(self.split in ("test", "val"), f"eval.split must be test or val, got {self.split!r}")
         _check(
@@ -321,30 +345,84 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
-    """Build a RunConfig from a nested mapping; unknown sections or keys are errors naming `source`."""
+    """Build a RunConfig from a nested mapping (a YAML file, or the command line's options set into one).
+
+    The one validation path: unknown sections or keys, values of the wrong type (checked against the type hints,
+    see `check_value`) and out-of-range values (`__post_init__`) are one-line errors naming `source`.
+    """
+    if not isinstance(d, dict):
+        raise ErrwiseError(f"{source}: expected a mapping of sections ({', '.join(_SECTION_TYPES)})")
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
         if key in _TOP_LEVEL:
-            kwargs[key] = value
+            kwargs[key] = check_value(key, get_type_hints(RunConfig)[key], value, source)
             continue
         if key not in _SECTION_TYPES:
             raise ErrwiseError(f"{source}: unknown section {key!r}; expected one of {sorted(_SECTION_TYPES)}")
         cls = _SECTION_TYPES[key]
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(value or {}) - names
+        if value is not None and not isinstance(value, dict):
+            raise ErrwiseError(f"{source}: section {key!r} must be a mapping of keys to values, got {value!r:.40}")
+        hints = get_type_hints(cls)
+        unknown = set(value or {}) - set(hints)
         if key == "method" and unknown & ERRWISE_KEYS:
             moved = ", ".join(f"method.{k}" for k in sorted(unknown & ERRWISE_KEYS))
             raise ErrwiseError(f"{source}: {moved}: errwise's options moved to section `errwise:`; move them there")
         if unknown:
             raise ErrwiseError(
-                f"{source}: unknown key(s) {sorted(unknown)} in section {key!r}; see `errwise run --help`"
+                f"{source}: unknown key(s) {sorted(map(str, unknown))} in section {key!r}; see `errwise run --help`"
             )
-        kwargs[key] = cls(**(value or {}))
-    return RunConfig(**kwargs)
+        values = {k: check_value(f"{key}.{k}", hints[k], v, source) for k, v in (value or {}).items()}
+        try:
+            kwargs[key] = cls(**values)
+        except ErrwiseError as e:
+            raise ErrwiseError(f"{source}: {e}") from None
+    try:
+        return RunConfig(**kwargs)
+    except ErrwiseError as e:
+        raise ErrwiseError(f"{source}: {e}") from None
 
 
 ERRWISE_KEYS = frozenset(f.name for f in dataclasses.fields(ErrwiseConfig))
 """The errwise options, which saved configs of older runs hold under `method:`."""
+
+
+def check_value(key: str, hint: Any, value: Any, source: str | None) -> Any:
+    """`value` as the type `hint` declares for the dotted `key`, else a one-line error naming `source`.
+
+    YAML reads `1e-4` as a string and `2` where a float is meant: a float field takes both. Nothing else is
+    converted: `lr: fast`, `batch_size: 8.5` or `lora: yes please` are errors, never a traceback later.
+    """
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for typ in allowed:
+        base = typing.get_origin(typ) or typ
+        if base is bool and isinstance(value, bool):
+            return value
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base is float and not isinstance(value, bool):
+            try:
+                number = float(value) if isinstance(value, (int, float, str)) else None
+            except ValueError:
+                number = None
+            if number is not None and math.isfinite(number):
+                return number
+        if base is str and isinstance(value, str):
+            return value
+        if base is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+    names = " or ".join(_type_name(t) for t in allowed)
+    where = f"{source}: " if source else ""
+    raise ErrwiseError(f"{where}{key} expects {names}, got {value!r:.60}; fix the value")
+
+
+def _type_name(typ: Any) -> str:
+    if typ is type(None):
+        return "null"
+    if typing.get_origin(typ) is list:
+        return "a list of strings"
+    return {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}.get(typ, str(typ))
 
 
 def load_saved_config(path: str | Path) -> RunConfig:
@@ -371,10 +449,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ErrwiseError(f"config file {path} not found; pass a YAML file such as configs/cpu_mini.yaml")
+    text = read_text(path)
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        d = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ErrwiseError(f"{path}: malformed YAML ({str(e).splitlines()[0]}); fix the file") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ErrwiseError(f"{path}: {where}malformed YAML ({what}); fix the file") from None
     if not isinstance(d, dict):
         raise ErrwiseError(f"{path}: expected a mapping of sections ({', '.join(_SECTION_TYPES)})")
     return d
@@ -392,7 +474,8 @@ def field_types() -> dict[str, tuple[type, Any]]:
 
 
 def parse_value(key: str, raw: str) -> Any:
-    """Parse a CLI string for a dotted key according to its declared type (YAML syntax: `null`, `[a, b]`)."""
+    """Parse a CLI string for a dotted key (YAML syntax: `null`, `[a, b]`; `a,b` for a list), checked by
+    `check_value` as a YAML value is: the command line and YAML files share one validation path."""
     types = field_types()
     section, _, name = key.partition(".")
     if section == "method" and name in ERRWISE_KEYS:
@@ -405,27 +488,13 @@ def parse_value(key: str, raw: str) -> Any:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):
-        try:  # YAML reads `1e-4` as a string
-            value = float(value)
-        except ValueError:
-            pass
     if value is None and type(None) in allowed:
         return None
-    for typ in allowed:
-        base = typing.get_origin(typ) or typ
-        if base is list:
-            return value if isinstance(value, list) else [s.strip() for s in str(raw).split(",") if s.strip()]
-        if base is bool and isinstance(value, bool):
-            return value
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if base is str:
-            return raw
-    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
-    raise ErrwiseError(f"--{key} expects {names}, got {raw!r}")
+    if str in allowed:  # a name stays as typed: `--model.name 1234` is the string "1234"
+        value = raw
+    elif any(typing.get_origin(t) is list for t in allowed) and not isinstance(value, list):
+        value = [s.strip() for s in raw.split(",") if s.strip()]
+    return check_value(f"--{key}", hint, value, None)
 
 
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
@@ -433,11 +502,14 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
         d[key] = value
         return
     section, name = key.split(".", 1)
-    d.setdefault(section, {})
-    if d[section] is None:
+    if d.get(section) is None:
         d[section] = {}
+    if not isinstance(d[section], dict):
+        raise ErrwiseError(f"section {section!r} must be a mapping of keys to values, got {d[section]!r:.40}")
     d[section][name] = value
 
 
 def save_yaml(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp = path.with_name(path.name + ".tmp")  # atomic: a kill never leaves half a config
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)

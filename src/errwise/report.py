@@ -24,7 +24,9 @@ from matplotlib.figure import Figure
 
 from errwise import metrics
 from errwise.config import load_saved_config, to_dict
+from errwise.data.formats import read_json
 from errwise.errors import ErrwiseError
+from errwise.rundir import completed_tasks
 
 # Keys that vary between the runs averaged into one group (the task order is the point of averaging).
 # Keys that vary between repetitions of one experiment (or between machines), not between experiments.
@@ -79,12 +81,12 @@ def load_run(path: Path) -> RunResult:
         raise ErrwiseError(
             f"no metrics.jsonl in {path}: not an errwise run folder; pass the folder `errwise run` printed"
         )
-    lines = [json.loads(s) for s in (path / "metrics.jsonl").read_text().splitlines() if s.strip()]
+    lines = completed_tasks(path)  # a torn last line (a crash mid-write) is a task not done
     # Resolved through the dataclasses, so a run saved before a config key existed gets what it ran with.
     config = to_dict(load_saved_config(path / "config.yaml"))
     summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    relations = json.loads((path / "relations.json").read_text())
+    summary = read_json(summary_path) if summary_path.is_file() else None  # damaged: one line naming the file
+    relations = read_json(path / "relations.json")
     return RunResult(
         path=path,
         config=config,
@@ -94,7 +96,7 @@ def load_run(path: Path) -> RunResult:
         relations={rid: r["name"] for rid, r in relations.items()},
         wall_seconds=summary["wall_seconds"] if summary else None,
         complete=summary is not None,
-        tasks_total=len(json.loads((path / "accuracy_matrix.json").read_text())["tasks"]),
+        tasks_total=len(read_json(path / "accuracy_matrix.json")["tasks"]),
         task_lines=lines,
     )
 

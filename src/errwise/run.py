@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import tempfile
 import time
@@ -32,6 +31,15 @@ from errwise.evaluate import embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, save_checkpoint
+from errwise.rundir import (
+    append_line,
+    atomic_write,
+    check_resumable,
+    claim_run_dir,
+    completed_tasks,
+    holds_run_dir,
+    write_checkpoint,
+)
 from errwise.tracking import open_tracker
 from errwise.train import TrainStats, step_budget, train
 
@@ -58,13 +66,6 @@ def make_stream(cfg: RunConfig) -> TaskStream:
 def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{Path(cfg.data.dataset).stem}-{cfg.method.name}-order{cfg.data.order}-{stamp}"
-
-
-def completed_tasks(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def resume_config(run_dir: Path) -> RunConfig:
@@ -120,17 +121,14 @@ def seed_everything(seed: int) -> None:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
 def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
+@holds_run_dir
 def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     """Run (or resume) a continual stream; returns the run folder."""
     run_dir = Path(run_dir or cfg.output_dir or default_run_dir(cfg))
@@ -141,11 +139,12 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     method_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"errwise-rank{distributed.rank()}-"))
     stream = make_stream(cfg)
     check_eval_split(cfg, stream)
+    check_resumable(run_dir, done, stream, cfg.model.lora)
+    tok = load_tokenizer(cfg.model.name)  # a model that cannot be found fails before the run folder is written
     tracker = open_tracker(cfg.report_to if main else "none", run_dir, sum(r["train_steps"] for r in done))
     if main:
-        prepare_run_dir(cfg, run_dir, stream)
+        prepare_run_dir(cfg, run_dir, stream, done)
     device = ddp_device or pick_device(cfg.model.device)
-    tok = load_tokenizer(cfg.model.name)
     seed_everything(cfg.train.seed)
     model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None)
     memory = load_memory(run_dir, stream, len(done))
@@ -213,9 +212,11 @@ def check_eval_split(cfg: RunConfig, stream: TaskStream) -> None:
         )
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, stream: TaskStream) -> None:
-    """The resolved config, the folders of per-task files, and the relations' names and descriptions."""
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, stream: TaskStream, done: list[dict]) -> None:
+    """The run folder claimed (its lock; torn bytes and leftover temp files of a crash dropped), the resolved
+    config, the folders of per-task files, and the relations' names and descriptions."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(run_dir, done)
     save_yaml(cfg, run_dir / "config.yaml")
     for sub in ("predictions", "checkpoints", "memory"):
         (run_dir / sub).mkdir(exist_ok=True)
@@ -349,14 +350,14 @@ def metrics_line(task, rows, row, stats: TrainStats, consolidation: TrainStats |
 
 def persist(cfg: RunConfig, run_dir: Path, stream: TaskStream, task, model, memory, rows, matrix, line) -> None:
     """Checkpoint, memory, predictions, matrix; the metrics line last (it marks the task done)."""
-    save_checkpoint(model, run_dir / "checkpoints" / f"task_{task.index:02d}")
-    if not cfg.model.lora and task.index > 0:  # full weights are large: keep the latest only
-        _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
+    write_checkpoint(save_checkpoint, model, run_dir / "checkpoints" / f"task_{task.index:02d}")
     _write_json(
         run_dir / "memory" / f"task_{task.index:02d}.json",
         {r: [x.uid for x in xs] for r, xs in memory.items()},
     )
     write_task_results(run_dir, stream, task.index, rows, matrix, line)
+    if not cfg.model.lora and task.index > 0:  # full weights are large: keep the latest only, once it is marked done
+        _remove(run_dir / "checkpoints" / f"task_{task.index - 1:02d}")
 
 
 def log_task(stream: TaskStream, task, line: dict, stats: TrainStats) -> None:
@@ -399,8 +400,7 @@ def write_task_results(
     _write_json(
         run_dir / "accuracy_matrix.json", {"tasks": [list(t.relations) for t in stream.tasks], "matrix": matrix}
     )
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
+    append_line(run_dir / "metrics.jsonl", line)
 
 
 def eval_instances(stream: TaskStream, task_index: int, split: str) -> list[RelationInstance]:

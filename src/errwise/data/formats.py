@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from errwise.data.stream import FEWREL_ID2REL, TACRED_ID2REL
 from errwise.data.types import Corpus, Relation, RelationInstance
-from errwise.errors import ErrwiseError
+from errwise.errors import ErrwiseError, read_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 FEWREL_URL = "https://raw.githubusercontent.com/thunlp/FewRel/master/data/"
@@ -47,10 +47,7 @@ def _fail(path: Path, where: str, message: str) -> NoReturn:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ErrwiseError(f"{path}: cannot read ({e.strerror}); check the path") from None
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -59,6 +56,8 @@ def read_json(path: Path) -> Any:
             f"line {e.lineno}, column {e.colno}",
             f"malformed JSON ({e.msg}); fix the file or fetch it again",
         )
+    except RecursionError:
+        _fail(path, "whole file", "JSON nested too deeply to be a data file; check that this is the right file")
 
 
 def _record(path: Path, where: str, rec: Any, keys: Sequence[str]) -> dict:
@@ -71,16 +70,31 @@ def _record(path: Path, where: str, rec: Any, keys: Sequence[str]) -> dict:
 
 
 def _tokens(path: Path, where: str, tokens: Any) -> list[str]:
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
-        _fail(path, where, "tokens must be a non-empty list of strings; fix the record")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t.strip() for t in tokens):
+        _fail(path, where, "tokens must be a non-empty list of non-blank strings; fix the record")
     return tokens
+
+
+def _label(path: Path, where: str, key: str, value: Any) -> str:
+    """A relation or instance id: a non-empty string (an instance id may be an integer, read as its digits)."""
+    if key == "id" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        _fail(path, where, f'"{key}" must be a non-empty string, got {json.dumps(value):.40}; fix the record')
+    return value
+
+
+def _distinct(path: Path, where: str, head: tuple[int, int], tail: tuple[int, int]) -> None:
+    if head == tail:
+        _fail(path, where, f"head and tail are the same span {list(head)}; mark two different entities")
 
 
 def _span(path: Path, where: str, role: str, start: Any, end: Any, n: int) -> tuple[int, int]:
     """An end-exclusive token span, checked against a sentence of n tokens."""
-    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= n):
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end))
+    if not (ints and 0 <= start < end <= n):
         _fail(
-            path, where, f"{role} span [{start}, {end}) is empty or outside the sentence of {n} tokens; "
+            path, where, f"{role} span [{start!r}, {end!r}) is empty or outside the sentence of {n} tokens; "
             "spans are token offsets with 0 <= start < end <= number of tokens",
         )  # fmt: skip
     return start, end
@@ -111,9 +125,9 @@ def read_relations(path: Path) -> dict[str, Relation]:
         _fail(path, "top level", f"expected an object; {fix}")
     out = {}
     for rel, v in data.items():
-        if isinstance(v, dict) and isinstance(v.get("name"), str):
+        if isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"].strip():
             out[rel] = Relation(rel, v["name"], str(v.get("description", "")))
-        elif isinstance(v, list) and v and isinstance(v[0], str):
+        elif isinstance(v, list) and v and isinstance(v[0], str) and v[0].strip():
             out[rel] = Relation(rel, v[0], str(v[1]) if len(v) > 1 else "")
         else:
             _fail(path, f"relation {rel}", f"unreadable entry {v!r:.60}; {fix}")
@@ -149,7 +163,8 @@ def _mention(path: Path, where: str, role: str, ent: Any, n: int) -> tuple[int, 
     """FewRel's `[name, wikidata_id, [[positions of mention 1], ...]]` -> span of the first mention."""
     ok = isinstance(ent, list) and len(ent) >= 3 and isinstance(ent[2], list) and ent[2]
     positions = ent[2][0] if ok else None
-    if not (isinstance(positions, list) and positions and all(isinstance(p, int) for p in positions)):
+    ints = isinstance(positions, list) and all(isinstance(p, int) and not isinstance(p, bool) for p in positions)
+    if not (ints and positions):
         _fail(path, where, f"{role} is not [name, id, [[token positions]]]: {ent!r:.80}; fix the record")
     return _span(path, where, role, min(positions), max(positions) + 1, n)
 
@@ -169,6 +184,7 @@ def _fewrel(files: list[tuple[Path, Any]], names: dict[str, Relation]) -> Corpus
                 tokens = _tokens(path, where, rec["tokens"])
                 head = _mention(path, where, "head (h)", rec["h"], len(tokens))
                 tail = _mention(path, where, "tail (t)", rec["t"], len(tokens))
+                _distinct(path, where, head, tail)
                 k = count.setdefault(rel, 0)
                 instances.append(RelationInstance(f"{rel}/{k}", tuple(tokens), head, tail, rel))
                 count[rel] = k + 1
@@ -208,16 +224,18 @@ def _tacred(files: list[tuple[Path, Any]]) -> Corpus:
             _fail(path, "top level", "expected a list of TACRED records; pass a TACRED file")
         for i, rec in enumerate(data):
             rec = _record(path, f"record {i}", rec, _TACRED_KEYS)
-            if rec["relation"] == "no_relation":
+            relation = _label(path, f"record {i}", "relation", rec["relation"])
+            if relation == "no_relation":
                 continue
-            where = f"record {i} (id {rec['id']})"
+            where = f"record {i} (id {_label(path, f'record {i}', 'id', rec['id'])})"
             tokens = [_PTB.get(t, t) for t in _tokens(path, where, rec["token"])]
             n = len(tokens)
             s, e = rec["subj_start"], rec["subj_end"]  # TACRED ends are inclusive
             head = _span(path, where, "subject", s, e + 1 if isinstance(e, int) else e, n)
             s, e = rec["obj_start"], rec["obj_end"]
             tail = _span(path, where, "object", s, e + 1 if isinstance(e, int) else e, n)
-            instances.append(RelationInstance(str(rec["id"]), tuple(tokens), head, tail, str(rec["relation"])))
+            _distinct(path, where, head, tail)
+            instances.append(RelationInstance(str(rec["id"]), tuple(tokens), head, tail, relation))
     seen = list(dict.fromkeys(x.relation for x in instances))
     ids = [r for r in TACRED_ID2REL if r in set(seen)] + [r for r in seen if r not in TACRED_ID2REL]
     relations = [Relation(r, tacred_name(r), tacred_description(r)) for r in ids]
@@ -251,6 +269,7 @@ def _unmark(path: Path, where: str, raw: list[str]) -> tuple[list[str], tuple[in
         _fail(path, where, f"marker(s) {' '.join(missing)} missing; {_MARK_FIX}")
     head = _span(path, where, "head ([E11] [E12])", pos["[E11]"], pos["[E12]"], len(tokens))
     tail = _span(path, where, "tail ([E21] [E22])", pos["[E21]"], pos["[E22]"], len(tokens))
+    _distinct(path, where, head, tail)
     return tokens, head, tail
 
 
@@ -266,7 +285,7 @@ def _marker(path: Path, data: Any, names: dict[str, Relation]) -> Corpus:
             where = f"relation {key} record {i}"
             rec = _record(path, where, rec, ("tokens",))
             tokens, head, tail = _unmark(path, where, _tokens(path, where, rec["tokens"]))
-            rel = str(rec.get("relation", key))
+            rel = _label(path, where, "relation", rec.get("relation", key))
             k = count.setdefault(rel, 0)
             instances.append(RelationInstance(f"{rel}/{k}", tuple(tokens), head, tail, rel))
             count[rel] = k + 1
@@ -317,10 +336,7 @@ def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
     """
     path = Path(path)
     names = read_relations(relations) if relations else {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ErrwiseError(f"{path}: cannot read ({e.strerror}); check the path") from None
+    lines = read_text(path).splitlines()
     instances: list[RelationInstance] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -330,13 +346,18 @@ def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             _fail(path, where, f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line")
+        except RecursionError:
+            _fail(path, where, "JSON nested too deeply; write one flat JSON object per line")
         rec = _record(path, where, rec, ("head", "tail", "relation"))
+        relation = _label(path, where, "relation", rec["relation"])
         if "tokens" in rec:
             tokens = _tokens(path, where, rec["tokens"])
             head = _pair(path, where, "head", rec["head"], len(tokens))
             tail = _pair(path, where, "tail", rec["tail"], len(tokens))
         elif "text" in rec:
-            tokens = tokenize(str(rec["text"]))
+            if not isinstance(rec["text"], str) or not rec["text"].strip():
+                _fail(path, where, f'"text" must be a non-empty string, got {json.dumps(rec["text"]):.40}')
+            tokens = tokenize(rec["text"])
             head = _find(path, where, "head", tokens, rec["head"])
             tail = _find(path, where, "tail", tokens, rec["tail"])
         else:
@@ -345,8 +366,9 @@ def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
                 where,
                 'missing key text or tokens; give "text" and head/tail strings, or "tokens" and spans',
             )
-        uid = str(rec.get("id", f"{path.stem}:{n}"))
-        instances.append(RelationInstance(uid, tuple(tokens), head, tail, str(rec["relation"])))
+        _distinct(path, where, head, tail)
+        uid = _label(path, where, "id", rec["id"]) if "id" in rec else f"{path.stem}:{n}"
+        instances.append(RelationInstance(uid, tuple(tokens), head, tail, relation))
     seen = list(dict.fromkeys(x.relation for x in instances))
     ids = [r for r in names if r in set(seen)] + [r for r in seen if r not in names]
     return _corpus(path.stem, path, [names.get(r) or _default_relation(r) for r in ids], instances)
