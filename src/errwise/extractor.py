@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from errwise.config import RunConfig, from_dict, load_saved_config, save_yaml, set_dotted, to_dict
 from errwise.data.formats import _distinct, _fail, _find, _label, _pair, _record, _tokens, read_relations, tokenize
 from errwise.data.types import Relation, RelationInstance, Task, TaskStream
-from errwise.errors import ErrwiseError
+from errwise.errors import ErrwiseError, read_text
 from errwise.evaluate import prompt_ids
 from errwise.methods import build_method
 from errwise.model import build_labels, load_tokenizer, pick_device, score_candidates
@@ -59,22 +59,21 @@ PROMPT_TEMPLATE = "What is the relation of the head to the tail?\nSentence: {sen
 def read_records(path: str | Path, *, labelled: bool) -> list[RelationInstance]:
     """Instances of an errwise JSONL file (`-`: standard input). Without `labelled`, `relation` is optional
     (prediction input); with it, required. Every problem is one ErrwiseError naming the file, line and fix."""
-    name = "<stdin>" if str(path) == "-" else str(path)
-    try:
-        raw = sys.stdin.buffer.read() if name == "<stdin>" else Path(path).read_bytes()
-    except OSError as e:
-        raise ErrwiseError(f"{name}: cannot read ({e.strerror}); check the path") from None
-    stem = "stdin" if name == "<stdin>" else Path(path).stem
-    pairs = []
-    for n, line in enumerate(raw.split(b"\n"), 1):
+    if str(path) == "-":
+        name, stem, data = "<stdin>", "stdin", sys.stdin.buffer.read()
         try:
-            text = line.decode("utf-8")
+            text = data.decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as e:
-            _fail(name, f"line {n}", f"byte {e.start + 1} is not UTF-8; save the file as UTF-8")
-        if not text.strip():
+            line = data.count(b"\n", 0, e.start) + 1
+            _fail(name, f"line {line}, byte {e.start}", "not UTF-8 text; pass text saved as UTF-8")
+    else:
+        name, stem, text = str(path), Path(path).stem, read_text(path)  # checks UTF-8, as the loaders do
+    pairs = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
             continue
         try:
-            rec = json.loads(text)
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
             _fail(name, f"line {n}", f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line")
         except RecursionError:
@@ -529,21 +528,19 @@ def check_source(path: Path) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a file atomically: a temporary file beside it, renamed at the end."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ErrwiseError(f"{path}: cannot write ({e.strerror}); check the folder") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write a file atomically (rundir.atomic_write: a temporary file, synced, renamed)."""
+    from errwise.rundir import atomic_write
+
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _publish(tmp: Path, path: Path) -> None:
-    """The finished temporary folder becomes `path` in one rename (mkdtemp made it private: open it as usual)."""
+    """The finished temporary folder, synced, becomes `path` in one rename (mkdtemp made it private: open it as
+    usual)."""
+    from errwise.rundir import sync_tree
+
+    for folder in sorted({p.parent for p in tmp.rglob("*") if p.is_file()}, key=lambda p: -len(p.parts)):
+        sync_tree(folder)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
