@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from errwise.config import RunConfig, from_dict, load_saved_config, save_yaml, set_dotted, to_dict
-from errwise.data.formats import _distinct, _fail, _find, _label, _pair, _record, _tokens, read_relations, tokenize
+from errwise.data.formats import _fail, _label, _record, json_line, read_relations, record_spans
 from errwise.data.types import Relation, RelationInstance, Task, TaskStream
 from errwise.errors import ErrwiseError, read_text
 from errwise.evaluate import prompt_ids
@@ -72,12 +72,7 @@ def read_records(path: str | Path, *, labelled: bool) -> list[RelationInstance]:
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            _fail(name, f"line {n}", f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line")
-        except RecursionError:
-            _fail(name, f"line {n}", "JSON nested too deeply; write one flat JSON object per line")
+        rec = json_line(name, f"line {n}", line)
         pairs.append((f"line {n}", rec, f"{stem}:{n}"))
     return parse_records(pairs, name, labelled=labelled)
 
@@ -92,19 +87,7 @@ def parse_records(records: Iterable[tuple[str, Any, str]], source: str, *, label
         unknown = [k for k in rec if k not in FIELDS]
         if unknown:
             _fail(source, where, f"unknown field(s) {', '.join(unknown)}; a record has only {', '.join(FIELDS)}")
-        if "tokens" in rec:
-            tokens = _tokens(source, where, rec["tokens"])
-            head = _pair(source, where, "head", rec["head"], len(tokens))
-            tail = _pair(source, where, "tail", rec["tail"], len(tokens))
-        elif "text" in rec:
-            if not isinstance(rec["text"], str) or not rec["text"].strip():
-                _fail(source, where, f'"text" must be a non-empty string, got {json.dumps(rec["text"]):.40}')
-            tokens = tokenize(rec["text"])
-            head = _find(source, where, "head", tokens, rec["head"])
-            tail = _find(source, where, "tail", tokens, rec["tail"])
-        else:
-            _fail(source, where, 'missing key text or tokens; give "text" and head/tail strings, or "tokens" and spans')
-        _distinct(source, where, head, tail)
+        tokens, head, tail = record_spans(source, where, rec)
         relation = _label(source, where, "relation", rec["relation"]) if "relation" in rec else ""
         uid = _label(source, where, "id", rec["id"]) if "id" in rec else default_uid
         if uid in uids:

@@ -325,6 +325,35 @@ def _pair(path: Path, where: str, role: str, v: Any, n: int) -> tuple[int, int]:
     return _span(path, where, role, v[0], v[1], n)
 
 
+def json_line(source: Path | str, where: str, line: str) -> Any:
+    """One line of a JSONL file, parsed; malformed JSON is a one-line error naming the file and line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        _fail(source, where, f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line")
+    except RecursionError:
+        _fail(source, where, "JSON nested too deeply; write one flat JSON object per line")
+
+
+def record_spans(source: Path | str, where: str, rec: dict) -> tuple[list[str], tuple[int, int], tuple[int, int]]:
+    """The tokens and the head and tail spans of an errwise JSONL record (text + head/tail strings, or tokens +
+    spans), checked: distinct spans inside the tokens."""
+    if "tokens" in rec:
+        tokens = _tokens(source, where, rec["tokens"])
+        head = _pair(source, where, "head", rec["head"], len(tokens))
+        tail = _pair(source, where, "tail", rec["tail"], len(tokens))
+    elif "text" in rec:
+        if not isinstance(rec["text"], str) or not rec["text"].strip():
+            _fail(source, where, f'"text" must be a non-empty string, got {json.dumps(rec["text"]):.40}')
+        tokens = tokenize(rec["text"])
+        head = _find(source, where, "head", tokens, rec["head"])
+        tail = _find(source, where, "tail", tokens, rec["tail"])
+    else:
+        _fail(source, where, 'missing key text or tokens; give "text" and head/tail strings, or "tokens" and spans')
+    _distinct(source, where, head, tail)
+    return tokens, head, tail
+
+
 def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
     """errwise JSONL, one instance per line, either form (README, "Your own data"):
 
@@ -342,31 +371,9 @@ def load_jsonl(path: Path, relations: Path | None = None) -> Corpus:
         if not line.strip():
             continue
         where = f"line {n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            _fail(path, where, f"malformed JSON at column {e.colno} ({e.msg}); write one JSON object per line")
-        except RecursionError:
-            _fail(path, where, "JSON nested too deeply; write one flat JSON object per line")
-        rec = _record(path, where, rec, ("head", "tail", "relation"))
+        rec = _record(path, where, json_line(path, where, line), ("head", "tail", "relation"))
         relation = _label(path, where, "relation", rec["relation"])
-        if "tokens" in rec:
-            tokens = _tokens(path, where, rec["tokens"])
-            head = _pair(path, where, "head", rec["head"], len(tokens))
-            tail = _pair(path, where, "tail", rec["tail"], len(tokens))
-        elif "text" in rec:
-            if not isinstance(rec["text"], str) or not rec["text"].strip():
-                _fail(path, where, f'"text" must be a non-empty string, got {json.dumps(rec["text"]):.40}')
-            tokens = tokenize(rec["text"])
-            head = _find(path, where, "head", tokens, rec["head"])
-            tail = _find(path, where, "tail", tokens, rec["tail"])
-        else:
-            _fail(
-                path,
-                where,
-                'missing key text or tokens; give "text" and head/tail strings, or "tokens" and spans',
-            )
-        _distinct(path, where, head, tail)
+        tokens, head, tail = record_spans(path, where, rec)
         uid = _label(path, where, "id", rec["id"]) if "id" in rec else f"{path.stem}:{n}"
         instances.append(RelationInstance(uid, tuple(tokens), head, tail, relation))
     seen = list(dict.fromkeys(x.relation for x in instances))
