@@ -287,8 +287,6 @@ def save_checkpoint(model: PreTrainedModel, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     model.save_pretrained(tmp)
     if path.exists():
-        import shutil
-
         shutil.rmtree(path)
     tmp.rename(path)
 
