@@ -49,16 +49,52 @@ def predict(
     (e.g. retrieved lessons) is put first in instance i's prompt. `search`: `exact` (the best label by full
     scoring) or `first_token` (ranked by the first label token, shared first tokens resolved exactly; see
     `score_candidates`)."""
+    best, _ = candidate_scores(
+        model,
+        tok,
+        instances,
+        candidates,
+        batch_size=batch_size,
+        list_candidates=list_candidates,
+        score=score,
+        max_length=max_length,
+        search=search,
+        exhaustive=exhaustive,
+        hints=hints,
+        desc=desc,
+    )
+    return [candidates[b].id for b in best.tolist()]
+
+
+@torch.no_grad()
+def candidate_scores(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    instances: Sequence[RelationInstance],
+    candidates: Sequence[Relation],
+    *,
+    batch_size: int = 16,
+    list_candidates: bool = False,
+    score: str = "sum",
+    max_length: int = 256,
+    search: str = "exact",
+    exhaustive: bool = False,
+    hints: Sequence[str] | None = None,
+    desc: str = "predict",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict`'s search, returning the best candidate's index (N,) and every candidate's score (N, C), -inf
+    where the search pruned it (`exhaustive=True`: every label scored in full)."""
+    best = torch.zeros(len(instances), dtype=torch.long)
+    scores = torch.empty((len(instances), len(candidates)))
     if not instances:
-        return []
+        return best, scores
     model.eval()
     labels = build_labels(tok, [r.name for r in candidates])
     prompts = prompt_ids(tok, instances, candidates if list_candidates else None, max_length, hints)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    preds: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
         idx = order[start : start + batch_size]
-        best, _ = score_candidates(
+        best[idx], scores[idx] = score_candidates(
             model,
             [prompts[i] for i in idx],
             labels,
@@ -67,9 +103,7 @@ def predict(
             exhaustive=exhaustive,
             first_token=search == "first_token",
         )
-        for i, b in zip(idx, best.tolist()):
-            preds[i] = candidates[b].id
-    return preds
+    return best, scores
 
 
 @torch.no_grad()

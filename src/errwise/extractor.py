@@ -36,15 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from errwise.config import RunConfig, from_dict, load_saved_config, save_yaml, set_dotted, to_dict
 from errwise.data.formats import _fail, _label, _record, json_line, read_relations, record_spans
 from errwise.data.types import Relation, RelationInstance, Task, TaskStream
 from errwise.errors import ErrwiseError, read_text
-from errwise.evaluate import prompt_ids
+from errwise.evaluate import candidate_scores
 from errwise.methods import build_method
-from errwise.model import build_labels, load_tokenizer, pick_device, score_candidates
+from errwise.model import load_tokenizer, pick_device
 
 EXTRACTOR_FILE = "extractor.json"
 EXPORT_FILE = "errwise.json"
@@ -131,18 +130,19 @@ def score_all(
 ) -> torch.Tensor:
     """Every candidate's exact label score for every instance, (N, C): evaluation's prompts and length-sorted
     batches, each label scored in full (no pruning), so its argmax is evaluation's exact prediction."""
-    model.eval()
-    labels = build_labels(tok, [r.name for r in candidates])
-    prompts = prompt_ids(tok, instances, list(candidates) if list_candidates else None, max_length)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = torch.empty((len(prompts), len(candidates)))
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False, disable=None):
-        idx = order[start : start + batch_size]
-        _, scores = score_candidates(
-            model, [prompts[i] for i in idx], labels, pad_id=tok.pad_token_id, score=score, exhaustive=True
-        )
-        out[idx] = scores
-    return out
+    _, scores = candidate_scores(
+        model,
+        tok,
+        instances,
+        candidates,
+        batch_size=batch_size,
+        score=score,
+        list_candidates=list_candidates,
+        max_length=max_length,
+        exhaustive=True,
+        desc=desc,
+    )
+    return scores
 
 
 def answers(scores: torch.Tensor, candidates: Sequence[Relation], top_k: int, min_score: float | None) -> list[dict]:
