@@ -268,3 +268,31 @@ def test_answer_only_loss_equals_the_full_sequence_reference(tiny):
             labels = torch.tensor(lab[1:])
             ref.append(torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100]))
     assert torch.allclose(fast, torch.stack(ref), atol=1e-5)
+
+
+@pytest.mark.parametrize("native, warned", [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, capsys, native, warned):
+    import errwise.model as model_module
+
+    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: native)
+    assert model_module.pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert ("without native bf16" in capsys.readouterr().err) == warned
+    assert model_module.pick_dtype("float32", torch.device("cpu")) == torch.float32
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "text, native",
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n", False),  # AMD EPYC seen here: AVX2 only
+        ("flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n", True),
+        ("flags\t\t: avx2 avx512f avx512_vnni\n", False),
+        ("processor\t: 0\nFeatures\t: fp asimd bf16\n", None),  # aarch64: no x86 flags line, nothing claimed
+    ],
+)
+def test_cpu_bf16_check_reads_cpuinfo_flags(tmp_path, text, native):
+    from errwise.model import cpu_has_native_bf16
+
+    (tmp_path / "cpuinfo").write_text(text)
+    assert cpu_has_native_bf16(str(tmp_path / "cpuinfo")) is native
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is None
