@@ -255,6 +255,41 @@ def test_errwise_ranks_each_error_case_against_its_own_wrong_answer(tiny_model_d
     assert lines[1.0][1]["train_loss"] != lines[0.0][1]["train_loss"]
 
 
+def test_errwise_mirror_rank_rehearses_the_confused_relation_against_the_gold(tiny_model_dir, tmp_path, monkeypatch):
+    """errwise.mirror_rank: each error case (gold r answered r') gets an instance of r' in the plain instruction,
+    answered r' with r as its ranked-below answer; none without the switch."""
+    import errwise.run as run_mod
+
+    trained = []
+    real_train = run_mod.train
+    monkeypatch.setattr(
+        run_mod,
+        "train",
+        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
+    )
+    cfg = tiny_config(tiny_model_dir, tmp_path / "mirror", "errwise", error_fraction=None, mirror_rank=0.5)
+    out = run(cfg)
+    stream = make_stream(cfg)
+    name = {r.id: r.name for r in stream.relations}
+    uid_rel = {x.uid: x.relation for t in stream.tasks for x in t.train}
+    rows = read_jsonl(out / "error_cases" / "task_01.jsonl")
+    errors = [r for r in rows if not r["correct"]]
+    assert errors
+    mirrors = [ex for ex in trained[1] if ex.kind == "mirror-rank"]
+    # One per error case (every confused relation has instances here: the memory or the task's data).
+    assert len(mirrors) == len(errors)
+    want = sorted((name[r["pred"]], name[r["gold"]]) for r in errors)
+    assert sorted((ex.answer, ex.rejected) for ex in mirrors) == want
+    for ex in mirrors:
+        assert ex.rank_weight == 0.5 and name[uid_rel[ex.uid]] == ex.answer
+        assert ex.prompt.startswith("What is the relation of the head to the tail?")  # the tested format
+    off = run(dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=ErrwiseConfig(error_fraction=None)))
+    assert "mirror-rank" not in read_jsonl(off / "metrics.jsonl")[1]["train_kinds"]
+    assert read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]["mirror-rank"] == len(errors)
+    with pytest.raises(ErrwiseError, match="mirror_rank"):
+        ErrwiseConfig(mirror_rank=-1)
+
+
 def test_the_consolidation_round_takes_its_steps_from_the_task_budget(tiny_model_dir, tmp_path):
     """train.consolidate: after the memory update a share of the steps goes to the memory of every seen
     relation; the total per task stays replay's (equal budget). errwise mines that memory's errors first."""

@@ -205,8 +205,16 @@ class ErrwiseConfig:
         "prediction ranks by (costs a forward of the wrong answer per error case). 0 = off.",
     )
 
+    mirror_rank: float = _f(
+        0.0,
+        "Weight of the ranking mirror: each error case (gold r answered r') also gets an instance of r' (from the "
+        "memory, or the task's data) in the plain instruction, answered r' and ranked above r, so the relation an "
+        "error case's relation displaces is rehearsed, in the tested format, against it. 0 = off.",
+    )
+
     def __post_init__(self) -> None:
         _check(self.error_weight > 0, "errwise.error_weight must be > 0")
+        _check(self.mirror_rank >= 0, "errwise.mirror_rank must be >= 0")
         _check(self.error_repeats >= 1, "errwise.error_repeats must be >= 1")
         _check(self.probe_per_relation >= 0, "errwise.probe_per_relation must be >= 0")
         _check(

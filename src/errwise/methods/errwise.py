@@ -7,7 +7,9 @@ error cases get the plain instruction (weighted) *and* an instruction that confr
 answer. Instruction-based contrastive tuning: each error case is also put beside memory instances of the
 relation it was confused with, with the relations' descriptions, and the model is asked to tell them apart.
 Optionally (`rank_weight`) each error case also gets a pairwise ranking loss against its own wrong answer in
-the plain instruction: contrastive tuning in the very format and score the model is tested with.
+the plain instruction: contrastive tuning in the very format and score the model is tested with; and (`mirror_rank`)
+its mirror, an instance of the relation it was confused with ranked above the error case's gold, so that the
+confused (often previously learned) relation is not pushed down alone.
 With `error_scope` learned, only a wrong answer on an instance of a relation the model was already trained on
 makes an error case: before training, a new task's instances are answered wrongly mostly because their
 relations were never taught (they get old relations' names), which is no learned bias to correct.
@@ -146,7 +148,8 @@ class Errwise:
 
     def _error_focused(self, ctx: TaskContext, x: RelationInstance, pred: str, kind: str, by_rel, rng) -> list[Example]:
         """The error-focused examples of error case `x` answered `pred`: extra plain copies, the confronting
-        instruction, the contrastive one beside instances of `pred` (and its mirror)."""
+        instruction, the contrastive one beside instances of `pred` (and its mirror), and the ranking mirror (an
+        instance of `pred` in the plain instruction ranked above x's gold)."""
         c = self.cfg
         gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
         out = [ctx.plain(x, kind=kind, weight=c.error_weight) for _ in range(c.error_repeats - 1)]
@@ -168,6 +171,14 @@ class Errwise:
                         kind="contrastive-mirror",
                     )
                 )
+        if c.mirror_rank > 0:
+            # The ranking mirror: training x towards its gold pushes the confused relation down wherever the two are
+            # alike; an instance of the confused relation, ranked above the gold in the tested format, holds it up.
+            pool = [s for s in by_rel.get(pred, []) if s.uid != x.uid]
+            if pool:
+                y = rng.choice(pool)
+                mirror = ctx.plain(y, kind="mirror-rank", weight=c.error_weight)
+                out.append(dataclasses.replace(mirror, rejected=gold.name, rank_weight=c.mirror_rank))
         return out
 
     def end_task(self, ctx: TaskContext) -> None:
