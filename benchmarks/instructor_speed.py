@@ -61,6 +61,12 @@ def stream_chat(base_url: str, model: str, messages, max_tokens: int, timeout: f
                     text.append(piece)
     total = time.perf_counter() - t0
     first = (first or time.perf_counter()) - t0
+    if not usage.get("prompt_tokens"):  # llama_cpp.server streams no usage: ask again for one token (its prompt
+        # cache makes this cheap) and read the prompt's length from the non-streamed reply
+        once = {k: v for k, v in body.items() if k != "stream_options"}
+        req.data = json.dumps({**once, "stream": False, "max_tokens": 1}).encode()
+        with opener.open(req, timeout=timeout) as r:
+            usage = {**json.loads(r.read()).get("usage", {}), "completion_tokens": usage.get("completion_tokens")}
     return {
         "prompt_tokens": usage.get("prompt_tokens", 0),
         "completion_tokens": usage.get("completion_tokens") or chunks,  # a chunk is one token on both servers
