@@ -7,7 +7,8 @@ product's validation, and lessons distilled from the same cases, through the cod
 Error cases: by default the first --tasks tasks of --config (order 0) with the target's zero-shot predictions
 of each task's training data among the relations seen so far (the initial responses errwise mines before
 training the first task; no memory, as nothing is trained); or, with --run, a finished run folder's
-`error_cases/task_XX.jsonl` (initial responses, memory included). LEC's similar right answers are found with
+`error_cases/task_XX.jsonl` (initial responses, memory included). The zero-shot cases are written to
+--out/error_cases/ in the same format and read back by a rerun. LEC's similar right answers are found with
 the base target's hidden states (a run's own used the model of that moment). Replies are cached under
 --out/cache, so a rerun costs nothing.
 """
@@ -82,17 +83,22 @@ def main() -> None:
     device = pick_device(cfg.model.device)
     tok = load_tokenizer(cfg.model.name)
     model = load_model(cfg.model.name, device=device, dtype=pick_dtype(cfg.model.dtype, device), lora=False).eval()
-    t = time.time()
-    cases = (
-        run_cases(Path(args.run), stream, args.tasks)
-        if args.run
-        else zero_shot_cases(cfg, stream, model, tok, args.tasks)
-    )
-    wrong = sum(p != x.relation for c in cases for x, _, p in c)
-    print(f"error cases: {wrong} of {sum(map(len, cases))} responses in {args.tasks} tasks ({time.time() - t:.0f} s)")
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    t = time.time()
+    done = all((out / "error_cases" / f"task_{i:02d}.jsonl").is_file() for i in range(args.tasks))
+    if args.run or done:  # a rerun reads back the zero-shot cases it wrote, as a run's
+        cases = run_cases(Path(args.run) if args.run else out, stream, args.tasks)
+    else:
+        cases = zero_shot_cases(cfg, stream, model, tok, args.tasks)
+        (out / "error_cases").mkdir(exist_ok=True)
+        for i, c in enumerate(cases):
+            rows = [
+                {"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in c
+            ]
+            (out / "error_cases" / f"task_{i:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wrong = sum(p != x.relation for c in cases for x, _, p in c)
+    print(f"error cases: {wrong} of {sum(map(len, cases))} responses in {args.tasks} tasks ({time.time() - t:.0f} s)")
     taken = {normalise(x.text) for t in stream.tasks for x in (*t.test, *t.train)}
     summary = {"base_url": args.base_url, "model": args.model, "source": args.run or f"{args.config} zero-shot"}
     for mode in ("le", "lec"):

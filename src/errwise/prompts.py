@@ -166,7 +166,10 @@ def lesson_messages(
         )
         ask = f'Write {n} short general lesson(s) that would avoid answering "{wrong.name}" for "{gold.name}".'
     others = f'"{EXAMPLE_GOLD.name}", not "{EXAMPLE_WRONG.name}"'
-    example = f"An example of a lesson in the format, for other relations ({others}):\n{EXAMPLE_LESSON}"
+    example = (
+        f"An example of a lesson in the format, for other relations ({others}); do not copy its content, your "
+        f'lesson is about "{gold.name}":\n{EXAMPLE_LESSON}'
+    )
     fmt = (
         "A lesson must help with new sentences too: name the clue, not these cases. Answer with exactly three lines "
         "per lesson, starting with Title:, When: and Lesson:\nTitle: <a few words>\n"
