@@ -89,7 +89,7 @@ def _case(inst: RelationInstance, answer: str | None = None) -> str:
 
 
 # One worked example of the reply format, for relations named as in neither FewRel nor TACRED: a 1.5B instructor
-# copies a filled-in block far more reliably than it follows a described one (docs/results.md, 2026-12-02).
+# copies a filled-in block far more reliably than it follows a described one (docs/results.md).
 EXAMPLE_GOLD = Relation("example-gold", "founded by", "founder or co-founder of this organisation")
 EXAMPLE_WRONG = Relation("example-wrong", "employer", "organisation for which the subject works")
 EXAMPLE_CASE = (
