@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random Llama with a tiny trained BPE tokenizer, saved as a local model folder, and
-the same model behind a real OpenAI-compatible server (`transformers serve`) for the instructor tests.
+the same model behind a real OpenAI-compatible server (`transformers serve`) for the instructor tests, and the
+packaged SmolLM2 GGUF behind llama.cpp's server (skipped without llama-cpp-python).
 
 Nothing is downloaded; building the model takes well under a second, starting the server ~10 s.
 """
@@ -103,37 +104,39 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """`transformers serve <model folder>` in a subprocess on 127.0.0.1:<port>, CPU only, offline."""
+    """An OpenAI-compatible model server (`cmd`) in a subprocess on 127.0.0.1:<port>, CPU only, offline; ready
+    when GET `ready` answers 200."""
 
-    def __init__(self, model_dir: Path, port: int, log: Path):
-        self.model = str(model_dir)  # a pinned server accepts only the exact FORCE_MODEL string (else HTTP 400)
+    def __init__(self, name: str, cmd: list[str], model: str, port: int, log: Path, ready: str = "/health"):
+        self.name = name
+        self.cmd = cmd
+        self.model = model  # the served model name
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.ready = ready
         self.log = log
         self.startup_seconds = 0.0
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> None:
         self.kill()
-        cmd = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", self.model]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1", CUDA_VISIBLE_DEVICES="")
         env.setdefault("OMP_NUM_THREADS", "1")
         t0 = time.perf_counter()
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                pytest.fail(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.ready}", timeout=2) as r:
                     if r.status == 200:
                         self.startup_seconds = time.perf_counter() - t0
                         return
             except OSError:
                 time.sleep(0.25)
         self.kill()
-        pytest.fail(f"transformers serve did not answer /health within {timeout:g} s:\n{self.log_tail()}")
+        pytest.fail(f"{self.name} did not answer {self.ready} within {timeout:g} s:\n{self.log_tail()}")
 
     def kill(self) -> None:
         """SIGKILL, like a crash; the port is free again at once."""
@@ -155,7 +158,31 @@ def instructor_server(tiny_model_dir, tmp_path_factory) -> Iterator[ServeProcess
     root = tmp_path_factory.mktemp("serve")
     model_dir = shutil.copytree(tiny_model_dir, root / "tiny-chat")
     (model_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
-    server = ServeProcess(model_dir, free_port(), root / "serve.log")
+    port = free_port()
+    # A pinned server accepts only the exact FORCE_MODEL string as the model name (else HTTP 400).
+    cmd = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", str(model_dir)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    server = ServeProcess("transformers serve", cmd, str(model_dir), port, root / "serve.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory) -> Iterator[ServeProcess]:
+    """The packaged SmolLM2-135M GGUF behind llama.cpp's OpenAI-compatible server (llama-cpp-python[server])."""
+    missing = [m for m in ("llama_cpp", "sse_starlette", "starlette_context") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the llama.cpp server needs {', '.join(missing)}: pip install -e '.[llamacpp]'")
+    from errwise.model import packaged_gguf
+
+    root = tmp_path_factory.mktemp("llama")
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_gguf()), "--model_alias", "smollm2"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "1"]
+    server = ServeProcess("llama_cpp.server", cmd, "smollm2", port, root / "llama.log", ready="/v1/models")
     server.start()
     try:
         yield server

@@ -324,23 +324,35 @@ def ask_messages(chat: ChatBackend, messages) -> ChatReply:
     return chat.chat(messages, temperature=0.0, max_tokens=8, seed=0)
 
 
-# ---- a real OpenAI-compatible server: `transformers serve` ----
+# ---- real OpenAI-compatible servers: `transformers serve` and llama.cpp's ----
+
+
+def survives_a_restart(srv, chat: OpenAIChat, cached_prefix_same: bool = True) -> None:
+    """Answers, fails over a few quick retries with a one-line error naming the URL while the server is down
+    (SIGKILL), and answers the same again once it is back. `cached_prefix_same`: a repeated request gets the
+    same greedy text (llama.cpp reuses the cached prompt, whose numerics differ slightly from a fresh one)."""
+    reply = chat.chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0)
+    assert isinstance(reply.text, str) and reply.prompt_tokens > 0 and 0 <= reply.completion_tokens <= 8
+    again = chat.chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0)
+    assert again.text == reply.text or not cached_prefix_same
+
+    srv.kill()
+    with pytest.raises(ErrwiseError, match=r"cannot connect .* after 2 attempts") as info:
+        chat.chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0)
+    assert srv.base_url in str(info.value) and "\n" not in str(info.value)
+
+    srv.start()
+    assert chat.chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0).text == reply.text
 
 
 def test_real_server_survives_a_restart(instructor_server):
     srv = instructor_server
     chat = OpenAIChat(srv.base_url, srv.model, api_key="", timeout=60, max_retries=1, backoff=0.01)
-    reply = chat.chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0)
-    assert isinstance(reply.text, str) and reply.prompt_tokens > 0 and 0 <= reply.completion_tokens <= 8
-    assert chat.chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0).text == reply.text
-
     with pytest.raises(ErrwiseError, match=r"HTTP 400.*pinned"):  # a 4xx from a real server: no retry
         OpenAIChat(srv.base_url, "not-the-model", api_key="").chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0)
+    survives_a_restart(srv, chat)
 
-    srv.kill()
-    with pytest.raises(ErrwiseError, match=r"cannot connect .* after 2 attempts") as info:
-        chat.chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0)
-    assert srv.base_url in str(info.value)
 
-    srv.start()
-    assert chat.chat(MESSAGES, temperature=0.0, max_tokens=8, seed=0).text == reply.text
+def test_real_llama_cpp_server_survives_a_restart(llama_server):
+    chat = OpenAIChat(llama_server.base_url, llama_server.model, api_key="", timeout=60, max_retries=1, backoff=0.01)
+    survives_a_restart(llama_server, chat, cached_prefix_same=False)

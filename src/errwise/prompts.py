@@ -88,6 +88,22 @@ def _case(inst: RelationInstance, answer: str | None = None) -> str:
     return f"{_describe(inst)}".rstrip("\n") + tail
 
 
+# One worked example of the reply format, for relations named as in neither FewRel nor TACRED: a 1.5B instructor
+# copies a filled-in block far more reliably than it follows a described one (docs/results.md).
+EXAMPLE_GOLD = Relation("example-gold", "founded by", "founder or co-founder of this organisation")
+EXAMPLE_WRONG = Relation("example-wrong", "employer", "organisation for which the subject works")
+EXAMPLE_CASE = (
+    "Sentence: In 1976 , Steve Jobs and Steve Wozniak started Apple in a garage in Los Altos .\n"
+    "Head: Apple\nTail: Steve Jobs\nRelation: founded by"
+)
+EXAMPLE_WHY = 'Why: Jobs created Apple rather than working for it, so it is "founded by" and not "employer".'
+EXAMPLE_LESSON = (
+    "Title: Creating is not working for\nWhen: The sentence says a person started, created or set up an "
+    'organisation.\nLesson: If the tail created the head organisation, answer "founded by"; "employer" is for a '
+    "person who only works for it."
+)
+
+
 def instructor_messages(
     inst: RelationInstance,
     gold: Relation,
@@ -98,9 +114,8 @@ def instructor_messages(
 ) -> list[dict[str, str]]:
     """LE (learning from an error) and, when `correct` similar cases are given, LEC (by contrast with them).
 
-    The reply is k blocks of `Sentence/Head/Tail/Relation[/Why]` lines."""
-    # The error case is shown in the very format the reply must use: small instructors copy a filled-in block
-    # far more reliably than they follow a described one.
+    The error case is shown in the very format the reply must use, then one worked example block of another
+    pair of relations, then the request. The reply is k blocks of `Sentence/Head/Tail/Relation[/Why]` lines."""
     parts = [
         f"A relation classifier answered {_rel(wrong)} for this case; the correct relation is {_rel(gold)}.",
         _case(inst, gold.name),
@@ -109,18 +124,24 @@ def instructor_messages(
         parts.append("Similar cases the classifier got right:")
         parts += [_case(x, r.name) for x, r in correct]
         parts.append("Keep what separates these cases from the mistake in mind.")
+    example_why = f"\n{EXAMPLE_WHY}" if rationale else ""
+    parts.append(
+        f'An example of one case in the format, for other relations ("{EXAMPLE_GOLD.name}", not '
+        f'"{EXAMPLE_WRONG.name}"):\n{EXAMPLE_CASE}{example_why}'
+    )
     why = f'\nWhy: <why it is "{gold.name}" and not "{wrong.name}">' if rationale else ""
     parts.append(
-        f"Write {k} new cases in the same format, with new sentences and new entities, in which the relation of "
-        f'the head to the tail is "{gold.name}" and could not be mistaken for "{wrong.name}". Head and Tail must '
-        f"be copied exactly from the sentence. One block per case, blocks separated by a blank line:\n"
+        f"Write {k} new cases in that format, with new sentences and new entities, in which the relation of "
+        f'the head to the tail is "{gold.name}" and could not be mistaken for "{wrong.name}". Each Sentence is '
+        "one complete sentence; Head and Tail are two different phrases copied exactly from it. One block per "
+        f"case, blocks separated by a blank line:\n"
         f"Sentence: <a new sentence>\nHead: <copied from the sentence>\nTail: <copied from the sentence>\n"
         f"Relation: {gold.name}{why}"
     )
     return [
         {"role": "system", "content": INSTRUCTOR_SYSTEM},
         {"role": "user", "content": "\n\n".join(parts)},
-        {"role": "assistant", "content": "Sentence:"},  # prefill: the reply starts in the format
+        {"role": "assistant", "content": "Sentence:"},  # prefill (in-process only): the reply starts in the format
     ]
 
 
@@ -132,7 +153,8 @@ LESSON_SYSTEM = "You distil short, general, reusable lessons for a relation clas
 def lesson_messages(
     cases: list[RelationInstance], gold: Relation, wrong: Relation | None, n: int
 ) -> list[dict[str, str]]:
-    """Distil n lessons from a group of cases: errors gold -> wrong, or successes on gold (wrong is None)."""
+    """Distil n lessons from a group of cases: errors gold -> wrong, or successes on gold (wrong is None). One
+    worked example lesson (another pair of relations) shows the format."""
     listed = "\n".join(f"{i + 1}. {_case(x)}" for i, x in enumerate(cases))
     if wrong is None:
         head = f"The classifier correctly answered {_rel(gold)} for these cases:\n{listed}"
@@ -143,14 +165,20 @@ def lesson_messages(
             f"{_rel(gold)}:\n{listed}"
         )
         ask = f'Write {n} short general lesson(s) that would avoid answering "{wrong.name}" for "{gold.name}".'
+    others = f'"{EXAMPLE_GOLD.name}", not "{EXAMPLE_WRONG.name}"'
+    example = (
+        f"An example of a lesson in the format, for other relations ({others}); do not copy its content, your "
+        f'lesson is about "{gold.name}":\n{EXAMPLE_LESSON}'
+    )
     fmt = (
-        "Answer with exactly three lines, starting with Title:, When: and Lesson:\nTitle: <a few words>\n"
+        "A lesson must help with new sentences too: name the clue, not these cases. Answer with exactly three lines "
+        "per lesson, starting with Title:, When: and Lesson:\nTitle: <a few words>\n"
         "When: <the kind of sentence where it applies>\nLesson: <one or two sentences>"
     )
     return [
         {"role": "system", "content": LESSON_SYSTEM},
-        {"role": "user", "content": f"{head}\n\n{ask}\n{fmt}"},
-        {"role": "assistant", "content": "Title:"},  # prefill: the reply starts in the format
+        {"role": "user", "content": f"{head}\n\n{ask}\n\n{example}\n\n{fmt}"},
+        {"role": "assistant", "content": "Title:"},  # prefill (in-process only): the reply starts in the format
     ]
 
 

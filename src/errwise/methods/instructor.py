@@ -14,14 +14,16 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 
 from errwise import distributed
-from errwise.config import ErrwiseConfig
-from errwise.data.types import RelationInstance
+from errwise.config import ErrwiseConfig, InstructorConfig
+from errwise.data.types import Relation, RelationInstance
 from errwise.errors import ErrwiseError
 from errwise.evaluate import embed
+from errwise.instructor.client import ChatBackend
 from errwise.instructor.generate import BLOCK_KEYS, make_backend, normalise, validate
 from errwise.lessons.bank import unit_rows
 from errwise.methods.errwise import Errwise
@@ -46,6 +48,76 @@ def most_similar(query: np.ndarray, pool: np.ndarray, k: int) -> list[int]:
     return np.argsort(-(unit_rows(query) @ unit_rows(pool).T), axis=1)[:, :k].tolist()
 
 
+def contrast_cases(
+    model, tok, chosen: list[RelationInstance], right: list[RelationInstance], k: int, **kw
+) -> list[list[int]]:
+    """For each chosen error case, the indices of the k `right` instances most similar to it (cosine of the
+    target's hidden states; `kw`: batch_size, max_length of `evaluate.embed`)."""
+    if not right or k == 0:
+        return [[] for _ in chosen]
+    feats = embed(model, tok, [*chosen, *right], **kw)
+    return most_similar(feats[: len(chosen)], feats[len(chosen) :], k)
+
+
+Request = tuple[RelationInstance, Relation, Relation, list[tuple[RelationInstance, Relation]]]
+"""(error case, gold relation, wrong answer, similar correctly answered cases with their relations; [] for LE)."""
+
+
+def error_requests(
+    chosen: list[tuple[RelationInstance, str]],
+    right: list[RelationInstance],
+    neighbours: list[list[int]],
+    relation: Callable[[str], Relation],
+) -> list[Request]:
+    """The requests for the chosen (error case, wrong relation id) pairs, with their similar right answers."""
+    return [
+        (x, relation(x.relation), relation(pred), [(right[i], relation(right[i].relation)) for i in ns])
+        for (x, pred), ns in zip(chosen, neighbours)
+    ]
+
+
+def request_messages(request: Request, ic: InstructorConfig) -> list[dict[str, str]]:
+    x, gold, wrong, correct = request
+    return instructor_messages(x, gold, wrong, ic.per_error, correct, ic.rationale)
+
+
+def ask_instructor(
+    backend: ChatBackend,
+    ic: InstructorConfig,
+    requests: list[Request],
+    known: dict[str, Relation],
+    taken: set[str],
+    uid_prefix: str,
+) -> tuple[list[RelationInstance], list[dict]]:
+    """Send each error case to the instructor and validate the first `per_error` blocks of each reply: the
+    accepted instances, and one row per block (accepted, or rejected with the reason) for the run folder."""
+    generated, rows = [], []
+    for request in requests:
+        x, gold, wrong, correct = request
+        reply = backend.chat(
+            request_messages(request, ic), temperature=ic.temperature, max_tokens=ic.max_tokens, seed=ic.seed
+        )
+        blocks = parse_blocks(reply.text, BLOCK_KEYS)
+        for block in blocks[: ic.per_error] or [{"reply": reply.text}]:
+            v = validate(block, gold, known, taken, f"{uid_prefix}/{x.uid}")
+            if v.instance is not None:
+                generated.append(v.instance)
+            rows.append(
+                {
+                    "error_uid": x.uid,
+                    "gold": gold.id,
+                    "pred": wrong.id,
+                    "mode": ic.mode,
+                    "contrast_uids": [c.uid for c, _ in correct],
+                    "status": "accepted" if v.instance else "rejected",
+                    "reason": v.reason,
+                    "uid": v.instance.uid if v.instance else None,
+                    "block": block,
+                }
+            )
+    return generated, rows
+
+
 class Instructor:
     def __init__(self, cfg: ErrwiseConfig):
         self.errwise = Errwise(cfg)
@@ -68,41 +140,15 @@ class Instructor:
         if self.backend is None:
             self.backend = make_backend(ic, ctx.run_dir)
         right = [x for x, _, p in self.errwise.cases if p == x.relation]
-        neighbours: list[list[int]] = [[] for _ in chosen]
-        if ic.mode == "lec" and right and ic.contrast_k > 0:
-            kw = {"batch_size": ctx.cfg.eval.batch_size, "max_length": ctx.cfg.train.max_length}
-            feats = embed(ctx.model, ctx.tok, [x for x, _ in chosen] + right, **kw)
-            neighbours = most_similar(feats[: len(chosen)], feats[len(chosen) :], ic.contrast_k)
+        k = ic.contrast_k if ic.mode == "lec" else 0
+        kw = {"batch_size": ctx.cfg.eval.batch_size, "max_length": ctx.cfg.train.max_length}
+        neighbours = contrast_cases(ctx.model, ctx.tok, [x for x, _ in chosen], right, k, **kw)
         known = {r.name.lower(): r for r in ctx.seen}
         taken = {normalise(x.text) for t in ctx.stream.tasks for x in (*t.test, *t.train)}
+        requests = error_requests(chosen, right, neighbours, ctx.relation)
         before = self.backend.stats()
         t0 = time.time()
-        rows = []
-        first_messages = None
-        for (x, pred), near in zip(chosen, neighbours):
-            gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
-            correct = [(right[i], ctx.relation(right[i].relation)) for i in near]
-            messages = instructor_messages(x, gold, wrong, ic.per_error, correct, ic.rationale)
-            first_messages = first_messages or messages
-            reply = self.backend.chat(messages, temperature=ic.temperature, max_tokens=ic.max_tokens, seed=ic.seed)
-            blocks = parse_blocks(reply.text, BLOCK_KEYS)
-            for block in blocks[: ic.per_error] or [{"reply": reply.text}]:
-                v = validate(block, gold, known, taken, f"gen/T{ctx.task.index + 1}/{x.uid}")
-                if v.instance is not None:
-                    self.generated.append(v.instance)
-                rows.append(
-                    {
-                        "error_uid": x.uid,
-                        "gold": x.relation,
-                        "pred": pred,
-                        "mode": ic.mode,
-                        "contrast_uids": [c.uid for c, _ in correct],
-                        "status": "accepted" if v.instance else "rejected",
-                        "reason": v.reason,
-                        "uid": v.instance.uid if v.instance else None,
-                        "block": block,
-                    }
-                )
+        self.generated, rows = ask_instructor(self.backend, ic, requests, known, taken, f"gen/T{ctx.task.index + 1}")
         out = ctx.run_dir / "instructor"
         out.mkdir(exist_ok=True)
         (out / f"task_{ctx.task.index:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -119,7 +165,7 @@ class Instructor:
             "rejected": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")),
             "cost": cost,
             "wall_seconds": time.time() - t0,
-            "first_request": first_messages,
+            "first_request": request_messages(requests[0], ic),
         }
         (out / f"task_{ctx.task.index:02d}_summary.json").write_text(json.dumps(summary, indent=1))
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from errwise import distributed
-from errwise.config import ErrwiseConfig
-from errwise.data.types import RelationInstance
+from errwise.config import ErrwiseConfig, InstructorConfig
+from errwise.data.types import Relation, RelationInstance
 from errwise.errors import ErrwiseError
+from errwise.instructor.client import ChatBackend
 from errwise.instructor.generate import make_backend
 from errwise.lessons.bank import LessonBank, minilm_embedder, target_embedder
 from errwise.methods.errwise import Errwise
@@ -44,6 +45,42 @@ def case_groups(
         gold, xs = max(right.items(), key=lambda kv: len(kv[1]))
         out.append((xs[:CASES_PER_GROUP], gold, None))
     return out
+
+
+def distil(
+    backend: ChatBackend,
+    ic: InstructorConfig,
+    per_group: int,
+    groups: list[tuple[list[RelationInstance], str, str | None]],
+    relation: Callable[[str], Relation],
+    task: int,
+) -> tuple[list[dict], int, list[dict]]:
+    """Ask the distiller for `per_group` lessons from each case group: the well-formed lessons (a Title and a
+    Lesson of at most 400 characters), the number of malformed replies or blocks, and one row per reply."""
+    new, malformed, rows = [], 0, []
+    for xs, gold, wrong in groups:
+        g, w = relation(gold), (relation(wrong) if wrong else None)
+        reply = backend.chat(
+            lesson_messages(xs, g, w, per_group), temperature=ic.temperature, max_tokens=ic.max_tokens, seed=ic.seed
+        )
+        blocks = parse_blocks(reply.text, ("Title", "When", "Lesson"))
+        good = [b for b in blocks if b.get("Title") and b.get("Lesson") and len(b["Lesson"]) <= 400]
+        malformed += len(blocks) - len(good) + (not blocks)
+        for b in good[:per_group]:
+            new.append(
+                {
+                    "title": b["Title"],
+                    "when": b.get("When", ""),
+                    "content": b["Lesson"],
+                    "source": "success" if wrong is None else "error",
+                    "gold": gold,
+                    "wrong": wrong,
+                    "task": task,
+                    "cases": [x.uid for x in xs],
+                }
+            )
+        rows.append({"gold": gold, "wrong": wrong, "cases": [x.uid for x in xs], "reply": reply.text})
+    return new, malformed, rows
 
 
 def query_text(x: RelationInstance) -> str:
@@ -86,30 +123,8 @@ class Lessons:
         self.errwise.begin_task(ctx)  # initial responses are predicted with the lessons so far
         lc, ic = ctx.cfg.lessons, ctx.cfg.instructor
         t0, before = time.time(), self.backend.stats()
-        new, malformed, rows = [], 0, []
-        for xs, gold, wrong in case_groups(self.errwise.cases, lc.max_groups):
-            g, w = ctx.relation(gold), (ctx.relation(wrong) if wrong else None)
-            reply = self.backend.chat(
-                lesson_messages(xs, g, w, lc.per_group), temperature=ic.temperature, max_tokens=ic.max_tokens,
-                seed=ic.seed,
-            )  # fmt: skip
-            blocks = parse_blocks(reply.text, ("Title", "When", "Lesson"))
-            good = [b for b in blocks if b.get("Title") and b.get("Lesson") and len(b["Lesson"]) <= 400]
-            malformed += len(blocks) - len(good) + (not blocks)
-            for b in good[: lc.per_group]:
-                new.append(
-                    {
-                        "title": b["Title"],
-                        "when": b.get("When", ""),
-                        "content": b["Lesson"],
-                        "source": "success" if wrong is None else "error",
-                        "gold": gold,
-                        "wrong": wrong,
-                        "task": ctx.task.index,
-                        "cases": [x.uid for x in xs],
-                    }
-                )
-            rows.append({"gold": gold, "wrong": wrong, "cases": [x.uid for x in xs], "reply": reply.text})
+        groups = case_groups(self.errwise.cases, lc.max_groups)
+        new, malformed, rows = distil(self.backend, ic, lc.per_group, groups, ctx.relation, ctx.task.index)
         counts = self.bank.add(new, self.embedder)
         out = ctx.run_dir / "lessons"
         out.mkdir(exist_ok=True)
