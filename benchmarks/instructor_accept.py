@@ -24,13 +24,8 @@ from pathlib import Path
 
 from errwise.config import InstructorConfig, from_dict, load_yaml
 from errwise.instructor.generate import make_backend, normalise
-from errwise.methods.instructor import (
-    ask_instructor,
-    contrast_cases,
-    error_requests,
-    pick_errors,
-    request_messages,
-)
+from errwise.methods.errwise import error_case_rows
+from errwise.methods.instructor import ask_instructor, plan_requests, request_messages
 from errwise.methods.lessons import case_groups, distil
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype
 from errwise.run import make_stream, predict_with, resume_config
@@ -93,10 +88,7 @@ def main() -> None:
         cases = zero_shot_cases(cfg, stream, model, tok, args.tasks)
         (out / "error_cases").mkdir(exist_ok=True)
         for i, c in enumerate(cases):
-            rows = [
-                {"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in c
-            ]
-            (out / "error_cases" / f"task_{i:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (out / "error_cases" / f"task_{i:02d}.jsonl").write_text(error_case_rows(c))
     wrong = sum(p != x.relation for c in cases for x, _, p in c)
     print(f"error cases: {wrong} of {sum(map(len, cases))} responses in {args.tasks} tasks ({time.time() - t:.0f} s)")
     taken = {normalise(x.text) for t in stream.tasks for x in (*t.test, *t.train)}
@@ -104,6 +96,7 @@ def main() -> None:
     for mode in ("le", "lec"):
         ic = InstructorConfig(
             backend="openai", base_url=args.base_url, model=args.model, mode=mode, per_error=args.per_error,
+            max_errors=args.errors,
             temperature=args.temperature, max_tokens=args.max_tokens, timeout=args.timeout,
             cache_dir=str(out / "cache"),
         )  # fmt: skip
@@ -111,18 +104,15 @@ def main() -> None:
         rows, first = [], None
         taken_here = set(taken)  # each mode is a run of its own: LE's sentences are no duplicates for LEC
         for t, task_cases in enumerate(cases):
-            errors = [(x, p) for x, _, p in task_cases if p != x.relation]
-            chosen = pick_errors(errors, args.errors)
-            right = [x for x, _, p in task_cases if p == x.relation]
-            k = ic.contrast_k if mode == "lec" else 0
             kw = {"batch_size": cfg.eval.batch_size, "max_length": cfg.train.max_length}
-            near = contrast_cases(model, tok, [x for x, _ in chosen], right, k, **kw)
-            requests = error_requests(chosen, right, near, stream.relation)
+            requests = plan_requests(model, tok, task_cases, ic, stream.relation, **kw)
+            if not requests:
+                continue
             first = first or request_messages(requests[0], ic)
             known = {stream.relation(r).name.lower(): stream.relation(r) for r in stream.seen_relations(t)}
             _, task_rows = ask_instructor(backend, ic, requests, known, taken_here, f"gen/T{t + 1}")
             for r in task_rows:
-                x = next(x for x, _ in chosen if x.uid == r["error_uid"])
+                x = next(req[0] for req in requests if req[0].uid == r["error_uid"])
                 r["error_case"] = {"sentence": x.text, "head": x.head_text, "tail": x.tail_text}
                 r["gold_name"], r["pred_name"] = stream.relation(r["gold"]).name, stream.relation(r["pred"]).name
             rows += task_rows

@@ -86,10 +86,7 @@ class Errwise:
 
     def _record(self, ctx: TaskContext, cases, name: str) -> None:
         (ctx.run_dir / "error_cases").mkdir(exist_ok=True)
-        rows = [
-            {"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in cases
-        ]
-        (ctx.run_dir / "error_cases" / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (ctx.run_dir / "error_cases" / name).write_text(error_case_rows(cases))
 
     def training_examples(self, ctx: TaskContext) -> list[Example]:
         learned = {r.id for r in ctx.seen} - set(ctx.task.relations)
@@ -202,6 +199,12 @@ class Errwise:
 
     def hints(self, instances) -> None:
         return None
+
+
+def error_case_rows(cases) -> str:
+    """The JSONL text of error_cases/task_XX*.jsonl: one row per (instance, source, predicted relation id)."""
+    rows = [{"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in cases]
+    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def _draw(rel: str, xs: list[RelationInstance], k: int, seed: int) -> list[RelationInstance]:

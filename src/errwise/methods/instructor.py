@@ -76,6 +76,19 @@ def error_requests(
     ]
 
 
+def plan_requests(model, tok, cases, ic: InstructorConfig, relation: Callable[[str], Relation], **kw) -> list[Request]:
+    """The requests for one round's initial responses `cases` ((instance, source, predicted relation id)): up to
+    `ic.max_errors` error cases, most frequent confusions first, each with (LEC) its `ic.contrast_k` most similar
+    right answers (`kw`: batch_size, max_length of `evaluate.embed`). [] when there is no error case."""
+    chosen = pick_errors([(x, p) for x, _, p in cases if p != x.relation], ic.max_errors)
+    if not chosen:
+        return []
+    right = [x for x, _, p in cases if p == x.relation]
+    k = ic.contrast_k if ic.mode == "lec" else 0
+    neighbours = contrast_cases(model, tok, [x for x, _ in chosen], right, k, **kw)
+    return error_requests(chosen, right, neighbours, relation)
+
+
 def request_messages(request: Request, ic: InstructorConfig) -> list[dict[str, str]]:
     x, gold, wrong, correct = request
     return instructor_messages(x, gold, wrong, ic.per_error, correct, ic.rationale)
@@ -133,19 +146,14 @@ class Instructor:
         self.errwise.begin_task(ctx)
         ic = ctx.cfg.instructor
         self.generated = []
-        errors = [(x, p) for x, _, p in self.errwise.cases if p != x.relation]
-        chosen = pick_errors(errors, ic.max_errors)
-        if not chosen:
+        kw = {"batch_size": ctx.cfg.eval.batch_size, "max_length": ctx.cfg.train.max_length}
+        requests = plan_requests(ctx.model, ctx.tok, self.errwise.cases, ic, ctx.relation, **kw)
+        if not requests:
             return
         if self.backend is None:
             self.backend = make_backend(ic, ctx.run_dir)
-        right = [x for x, _, p in self.errwise.cases if p == x.relation]
-        k = ic.contrast_k if ic.mode == "lec" else 0
-        kw = {"batch_size": ctx.cfg.eval.batch_size, "max_length": ctx.cfg.train.max_length}
-        neighbours = contrast_cases(ctx.model, ctx.tok, [x for x, _ in chosen], right, k, **kw)
         known = {r.name.lower(): r for r in ctx.seen}
         taken = {normalise(x.text) for t in ctx.stream.tasks for x in (*t.test, *t.train)}
-        requests = error_requests(chosen, right, neighbours, ctx.relation)
         before = self.backend.stats()
         t0 = time.time()
         self.generated, rows = ask_instructor(self.backend, ic, requests, known, taken, f"gen/T{ctx.task.index + 1}")
@@ -159,8 +167,8 @@ class Instructor:
             "mode": ic.mode,
             "temperature": ic.temperature,
             "seed": ic.seed,
-            "error_cases": len(errors),
-            "sent": len(chosen),
+            "error_cases": sum(p != x.relation for x, _, p in self.errwise.cases),
+            "sent": len(requests),
             "accepted": sum(r["status"] == "accepted" for r in rows),
             "rejected": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")),
             "cost": cost,
