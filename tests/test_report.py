@@ -198,19 +198,30 @@ def test_report_confusions_summed_over_runs(report):
 def test_compare_table_pairs_runs_by_order(runs, tmp_path):
     text = compare_table(runs)
     header = table_rows(text, "Method")[0]
-    assert header[-4:] == ["Final", "Δ Final vs replay", "p (paired t)", "Paired orders"]
-    assert table_rows(text, "replay")[0][-4:] == ["65.0±7.1", "(baseline)", "", "2"]
-    assert table_rows(text, "finetune")[0][-4:] == ["36.7", "n/a", "n/a", "1"]  # one complete order
-    assert table_rows(text, "errwise — incomplete (2/3 tasks)")[0][-4:] == ["80.0", "n/a", "n/a", "0"]
+    cols = ["Forgetting", "Final", "Δ Final vs replay", "p (paired t)", "Paired orders", "Gap closed"]
+    assert header[-6:] == cols
+    assert table_rows(text, "replay")[0][-5:] == ["65.0±7.1", "(baseline)", "", "2", ""]
+    assert table_rows(text, "finetune")[0][-5:] == ["36.7", "n/a", "n/a", "1", ""]  # one complete order
+    assert table_rows(text, "errwise — incomplete (2/3 tasks)")[0][-5:] == ["80.0", "n/a", "n/a", "0", ""]
     # errwise finals .8 (order 0) and .65 (order 1) against replay's .7 and .6: d = [.1, .05],
     # t = 3 with 1 degree of freedom (Cauchy): p = 1 - 2/pi * atan(3) = 0.205
     e0 = fake_run(tmp_path, "e0", "errwise", 0, [[1.0], [0.9, 0.9], [0.8, 0.8, 0.8]], wall=1)
     e1 = fake_run(tmp_path, "e1", "errwise", 1, [[1.0], [0.8, 0.8], [0.6, 0.6, 0.75]], wall=1)
     text = compare_table([e0, e1, *runs[:2]])
-    assert table_rows(text, "errwise")[0][-4:] == ["72.5±10.6", "+7.5±3.5", "0.205", "2"]
+    # forgetting of e0: tasks 1-2 drop 1.0 -> .8 and .9 -> .8: 15 points; e1: 1.0 -> .6 and .8 -> .6: 30 points
+    assert table_rows(text, "errwise")[0][-6:] == ["22.5±10.6", "72.5±10.6", "+7.5±3.5", "0.205", "2", ""]
     without = compare_table([e0, e1], baseline="replay")
-    assert table_rows(without, "errwise")[0][-3:] == ["n/a", "n/a", "0"]
+    assert table_rows(without, "errwise")[0][-4:] == ["n/a", "n/a", "0", ""]
     assert "without a `replay` group" in without
+    # With a joint group: the share of the joint - replay gap recovered, over the orders all three completed.
+    # joint finals .9 (order 0) and .7 (order 1) against replay's .7 and .6: gap .3; errwise recovers .15: 50 %.
+    j0 = fake_run(tmp_path, "j0", "joint", 0, [[1.0], [0.9, 0.9], [0.9, 0.9, 0.9]], wall=1)
+    j1 = fake_run(tmp_path, "j1", "joint", 1, [[1.0], [0.8, 0.8], [0.7, 0.7, 0.7]], wall=1)
+    text = compare_table([e0, e1, j0, j1, *runs[:2]])
+    assert table_rows(text, "errwise")[0][-1] == "50 % (2)"
+    assert table_rows(text, "joint")[0][-1] == "" and table_rows(text, "replay")[0][-1] == ""
+    assert "Gap closed" in text.split("\n\n")[1]
+    assert table_rows(compare_table([e0, j0, *runs[:2]]), "errwise")[0][-1] == "50 % (1)"  # order 0: .1 of .2
 
 
 def test_compare_plots_the_groups_side_by_side(runs, tmp_path, capsys):

@@ -299,10 +299,13 @@ def _baseline_label(groups: dict[str, list[RunResult]], baseline: str) -> str | 
 def _compare(groups: dict[str, list[RunResult]], stats: dict[str, GroupStats], baseline: str) -> str:
     base = _baseline_label(groups, baseline)
     base_final = _final_by_order(groups[base]) if base else {}
+    joints = [label for label, runs in groups.items() if runs[0].label == "joint"]
+    joint_final = _final_by_order(groups[joints[0]]) if base and len(joints) == 1 and joints[0] != base else {}
     n = max(len(st.seen) for st in stats.values())
-    header = ["Method", *(f"T{t + 1}" for t in range(n)), "Final", f"Δ Final vs {base or baseline}"]
+    header = ["Method", *(f"T{t + 1}" for t in range(n)), "Forgetting", "Final", f"Δ Final vs {base or baseline}"]
     rows = []
     for label, st in stats.items():
+        gap = ""
         if label == base:
             delta, p, paired = "(baseline)", "", str(len(base_final))
         else:
@@ -313,14 +316,33 @@ def _compare(groups: dict[str, list[RunResult]], stats: dict[str, GroupStats], b
                 d = metrics.paired_difference([final[o] for o in common], [base_final[o] for o in common])
                 delta = f"{100 * d['mean']:+.1f}±{100 * d['std']:.1f}"
                 p = "n/a (no variance)" if math.isnan(d["p"]) else f"{d['p']:.3f}"
+            if joint_final and label != joints[0]:
+                gap = _gap_closed(final, base_final, joint_final)
         final_cell = pct(st.final, len(st.runs))
-        rows.append([_row_label(label, st), *_seen_cells(st, n), final_cell, delta, p, paired])
+        forget = pct(st.forgetting, len(st.runs))
+        rows.append([_row_label(label, st), *_seen_cells(st, n), forget, final_cell, delta, p, paired, gap])
     note = (
         f"Δ: final accuracy minus {base or baseline}'s, in points, mean±std over task orders run by both "
         "(complete runs, paired by `data.order`); p: paired t-test over those orders; n/a with fewer than 2 "
-        "paired orders" + ("" if base else f" or, as here, without a `{baseline}` group") + "."
+        "paired orders" + ("" if base else f" or, as here, without a `{baseline}` group") + ". Forgetting: "
+        "mean over old tasks of the drop from their best accuracy to their final one (docs/metrics.md)."
     )
-    return _table([*header, "p (paired t)", "Paired orders"], rows) + "\n\n" + note
+    if joint_final:
+        note += (
+            f" Gap closed: the share of the joint - {base} gap in final accuracy that a method recovers, "
+            f"sum over the orders all three ran of (method - {base}) / sum of (joint - {base})."
+        )
+    return _table([*header, "p (paired t)", "Paired orders", "Gap closed"], rows) + "\n\n" + note
+
+
+def _gap_closed(final: dict[int, float], base: dict[int, float], joint: dict[int, float]) -> str:
+    """Share of the joint - baseline gap in final accuracy that `final` recovers, over the orders all three
+    completed: sum(final - base) / sum(joint - base); n/a without such orders or without a positive gap."""
+    common = sorted(set(final) & set(base) & set(joint))
+    gap = sum(joint[o] - base[o] for o in common)
+    if not common or gap <= 0:
+        return "n/a"
+    return f"{100 * sum(final[o] - base[o] for o in common) / gap:.0f} % ({len(common)})"
 
 
 def error_case_table(groups: dict[str, list[RunResult]]) -> str:
