@@ -5,8 +5,8 @@ one. This copies each finished run (summary.json present) into DEST/NAME without
 state), keeping what `errwise compare` and `errwise report` read: config.yaml, metrics.jsonl, accuracy_matrix.json,
 summary.json, relations.json, predictions/, memory/, error_cases/, and the instructor's and lessons' records.
 
-    python benchmarks/keep_runs.py runs/cal/replay-m1-0 runs/cal/joint-m1-0 --dest results/cpu_forget
-    errwise compare results/cpu_forget/*          # the table, from the kept records
+    python benchmarks/keep_runs.py runs/cal/replay-m1-0 runs/cal/joint-m1-0 --dest results/cpu_forget/bf16
+    errwise compare results/cpu_forget/bf16/*     # the table, from the kept records
 
 A kept record cannot be resumed or predicted with (no adapter); it is the evidence behind a table.
 """
