@@ -315,6 +315,28 @@ def test_the_consolidation_round_takes_its_steps_from_the_task_budget(tiny_model
     )
 
 
+def test_defer_memory_replays_the_memory_only_in_the_consolidation_round(tiny_model_dir, tmp_path):
+    """train.defer_memory: the first round trains on the task's own data only (errwise answers no memory
+    before it); the consolidation round replays every seen relation's memory, where errwise mines its errors.
+    Steps per task stay replay's."""
+    steps = {}
+    for method, defer in (("replay", False), ("replay", True), ("errwise", True)):
+        cfg = tiny_config(tiny_model_dir, tmp_path / f"{method}-{defer}", method)
+        train = dataclasses.replace(cfg.train, consolidate=0.5, budget="replay", defer_memory=defer)
+        lines = read_jsonl(run(dataclasses.replace(cfg, train=train)) / "metrics.jsonl")
+        steps[method, defer] = [line["train_steps"] for line in lines]
+        first = [sum(n for k, n in line["train_kinds"].items() if k.startswith("memory")) for line in lines]
+        again = [sum(n for k, n in line["consolidation"]["kinds"].items() if k.startswith("memory")) for line in lines]
+        assert first == ([0, 0, 0] if defer else [0, 4, 8])  # 2 per relation of the earlier tasks
+        assert again == [4, 8, 12]  # every seen relation's memory, each once in the plain instruction
+    assert steps["replay", True] == steps["errwise", True] == steps["replay", False]
+    out = tmp_path / "errwise-True"
+    assert {r["source"] for r in read_jsonl(out / "error_cases" / "task_01.jsonl")} == {"train"}
+    assert {r["source"] for r in read_jsonl(out / "error_cases" / "task_01_consolidation.jsonl")} == {"memory"}
+    with pytest.raises(ErrwiseError, match="defer_memory needs train.consolidate"):
+        TrainConfig(defer_memory=True)
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_takes_a_consolidation_round(tiny_model_dir, tmp_path, method):
     cfg = tiny_config(tiny_model_dir, tmp_path / method, method)

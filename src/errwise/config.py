@@ -111,6 +111,13 @@ class TrainConfig:
         "second training round over the memory of every seen relation (class-balanced, as in EEIL's balanced "
         "fine-tuning); the method picks its examples (errwise: its error cases after the first round). 0 = off.",
     )
+    defer_memory: bool = _f(
+        False,
+        "Leave the memory out of each task's first round (the task's own data only) and replay it in the "
+        "consolidation round, after that training has displaced what it will: errwise then mines the memory's "
+        "errors where forgetting shows (just after a round that trained on it, the memory is answered right). "
+        "Needs train.consolidate > 0; the step budget is unchanged.",
+    )
     batch_size: int = _f(8, "Examples per optimiser step.")
     lr: float = _f(2e-4, "Peak learning rate (AdamW, linear warmup then linear decay, per task).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
@@ -125,6 +132,7 @@ class TrainConfig:
         _check(self.max_steps is None or self.max_steps > 0, "train.max_steps must be > 0")
         _check(self.budget in ("own", "replay"), f"train.budget must be own or replay, got {self.budget!r}")
         _check(0 <= self.consolidate < 1, f"train.consolidate must be in [0, 1), got {self.consolidate!r}")
+        _check(not self.defer_memory or self.consolidate > 0, "train.defer_memory needs train.consolidate > 0")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.max_length > 0, f"train.max_length must be > 0, got {self.max_length}")

@@ -614,6 +614,7 @@ def learn_task(
     Returns the training figures, the updated memory ("memory") and the method's prediction hints ("hints")."""
     from errwise.run import (
         consolidation_phase,
+        first_round_context,
         memory_phase,
         seed_everything,
         task_context,
@@ -624,8 +625,9 @@ def learn_task(
     method = build_method(cfg)
     seed_everything(cfg.train.seed + 1000 * task.index)
     ctx = task_context(cfg, stream, task, memory, model, tok, method, records_dir)
-    method.begin_task(ctx)
-    stats, consolidate_steps = train_phase(cfg, ctx, method)
+    first = first_round_context(cfg, ctx)
+    method.begin_task(first)
+    stats, consolidate_steps = train_phase(cfg, ctx, method, first=first)
     memory = memory_phase(cfg, ctx, method, memory)  # the new relations' memory
     more = sorted({x.relation for x in task.train} - set(task.relations))
     if more and cfg.method.memory_per_relation > 0:

@@ -156,10 +156,11 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         phases: dict[str, float] = {}
         seed_everything(cfg.train.seed + 1000 * task.index)  # per-task seed: a resumed run repeats it exactly
         ctx = task_context(cfg, stream, task, memory, model, tok, method, method_dir)
-        method.begin_task(ctx)
+        first = first_round_context(cfg, ctx)
+        method.begin_task(first)
         phases["begin"] = time.time() - t0
         with timed(phases, "train"):
-            stats, consolidate_steps = train_phase(cfg, ctx, method, tracker.step_logger("train/loss"))
+            stats, consolidate_steps = train_phase(cfg, ctx, method, tracker.step_logger("train/loss"), first)
         with timed(phases, "memory"):
             memory = memory_phase(cfg, ctx, method, memory)
         consolidation = None
@@ -269,10 +270,19 @@ def _train_kwargs(tc) -> dict:
     }
 
 
-def train_phase(cfg: RunConfig, ctx: TaskContext, method, on_step=None) -> tuple[TrainStats, int]:
-    """Train on the method's examples of the task; returns the stats and the steps left for consolidation."""
+def first_round_context(cfg: RunConfig, ctx: TaskContext) -> TaskContext:
+    """What the method sees before and in the task's first round: with train.defer_memory no memory (neither in
+    the initial responses nor in the training examples; it is replayed in the consolidation round), else ctx."""
+    return dataclasses.replace(ctx, memory={}) if cfg.train.defer_memory else ctx
+
+
+def train_phase(
+    cfg: RunConfig, ctx: TaskContext, method, on_step=None, first: TaskContext | None = None
+) -> tuple[TrainStats, int]:
+    """Train on the method's examples of the task (from `first`, the context the method sees in this round,
+    default ctx); returns the stats and the steps left for consolidation. The budget counts ctx's memory."""
     tc, task = cfg.train, ctx.task
-    examples = method.training_examples(ctx)
+    examples = method.training_examples(first or ctx)
     budget = len(task.train) + len(ctx.memory_instances()) if tc.budget == "replay" else len(examples)
     steps = tc.max_steps or step_budget(budget, tc.epochs, tc.batch_size)
     # The consolidation round takes its steps out of the task's budget, so budgets stay comparable.
