@@ -332,7 +332,14 @@ def test_defer_memory_replays_the_memory_only_in_the_consolidation_round(tiny_mo
     assert steps["replay", True] == steps["errwise", True] == steps["replay", False]
     out = tmp_path / "errwise-True"
     assert {r["source"] for r in read_jsonl(out / "error_cases" / "task_01.jsonl")} == {"train"}
-    assert {r["source"] for r in read_jsonl(out / "error_cases" / "task_01_consolidation.jsonl")} == {"memory"}
+    rounds = read_jsonl(out / "error_cases" / "task_01_consolidation.jsonl")
+    assert {r["source"] for r in rounds} == {"memory"}
+    from errwise.report import compare_table
+
+    lines = compare_table([out]).splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("| Method | Task |")).split("|")]
+    row = [c.strip() for c in next(line for line in lines if line.startswith("| errwise | T2 |")).split("|")]
+    assert row[header.index("Consolidation errors")] == f"{sum(not r['correct'] for r in rounds)}/{len(rounds)}"
     with pytest.raises(ErrwiseError, match="defer_memory needs train.consolidate"):
         TrainConfig(defer_memory=True)
 

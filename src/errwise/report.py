@@ -356,11 +356,16 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
             acc: dict[str, int] = {}
             for r in runs:
                 path = r.path / "error_cases" / f"task_{t:02d}_summary.json"
-                if not path.is_file():
-                    continue
-                for source, c in json.loads(path.read_text()).items():
-                    for key, v in c.items():
-                        acc[f"{source}.{key}"] = acc.get(f"{source}.{key}", 0) + v
+                if path.is_file():
+                    for source, c in json.loads(path.read_text()).items():
+                        for key, v in c.items():
+                            acc[f"{source}.{key}"] = acc.get(f"{source}.{key}", 0) + v
+                rounds = r.path / "error_cases" / f"task_{t:02d}_consolidation.jsonl"
+                if rounds.is_file():  # the memory answered again after the first round (train.consolidate)
+                    rows = [json.loads(line) for line in rounds.read_text().splitlines() if line.strip()]
+                    acc["consolidation.cases"] = acc.get("consolidation.cases", 0) + len(rows)
+                    wrong = sum(not row["correct"] for row in rows)
+                    acc["consolidation.errors"] = acc.get("consolidation.errors", 0) + wrong
             if acc:
                 counts.append((label, t, acc))
     if not counts:
@@ -368,19 +373,28 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
     # The held-out probe (errwise.probe_per_relation) gets its own columns, only when some run has one.
     has_probe = any(k.startswith("probe.") for *_, acc in counts for k in acc)
     sources = ("train", "memory", "probe") if has_probe else ("train", "memory")
+    rounds = any("consolidation.cases" in acc for *_, acc in counts)
     rows = [
         [label, f"T{t + 1}"]
         + [str(acc.get(f"{s}.{k}", 0)) for s in sources for k in ("initial_errors", "fixed")]
         + [str(sum(acc.get(f"{s}.new_errors", 0) for s in sources))]
+        + ([f"{acc.get('consolidation.errors', 0)}/{acc.get('consolidation.cases', 0)}"] if rounds else [])
         for label, t, acc in counts
     ]
     header = ["Method", "Task"] + [f"{s.capitalize()} {k}" for s in sources for k in ("errors", "fixed")]
+    header += ["New errors"] + (["Consolidation errors"] if rounds else [])
     return (
         "### Error cases (summed over orders)\n\n"
-        + _table([*header, "New errors"], rows)
+        + _table(header, rows)
         + "\n\nErrors: wrong initial responses before training on the task; fixed: right after training; new "
         "errors: initially correct, wrong after training. Probe: memory instances held out from training "
         "(`errwise.probe_per_relation`)."
+        + (
+            " Consolidation errors: wrong answers of the memory of every seen relation after the first round "
+            "(`train.consolidate`), of the memory instances answered."
+            if rounds
+            else ""
+        )
     )
 
 
