@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Run a list of errwise runs WORKERS at a time, one thread each, resumably.
-# Usage: benchmarks/queue.sh JOBS_FILE OUT_DIR [WORKERS]
+# Usage: benchmarks/queue.sh JOBS_FILE OUT_DIR [WORKERS] [KEPT_DIR]
 # JOBS_FILE: one run a line, `NAME ARGS...` (ARGS as for `errwise run`, without --output_dir); `#` comments.
 # OUT_DIR/NAME holding summary.json is skipped; one holding config.yaml is resumed (`errwise run OUT_DIR/NAME`);
+# KEPT_DIR/NAME holding summary.json (a record kept by benchmarks/keep_runs.py in an earlier session) is skipped too;
 # the log goes to OUT_DIR/NAME.log. Lines are taken in order (on 2 cores, two 1-thread runs beat one 2-thread run).
 set -u
-jobs=$1; out=$2; workers=${3:-2}
+jobs=$1; out=$2; workers=${3:-2}; kept=${4:-}
 mkdir -p "$out"
 run_one() {
   local name=$1; shift
   local dir="$out/$name"
   [ -f "$dir/summary.json" ] && return
+  [ -n "$kept" ] && [ -f "$kept/$name/summary.json" ] && return
   if [ -f "$dir/config.yaml" ]; then
     OMP_NUM_THREADS=1 errwise run "$dir" >> "$dir.log" 2>&1
   else
@@ -18,5 +20,5 @@ run_one() {
   fi
   echo "$(date +%T) $name: $(tail -1 "$dir.log")"
 }
-export -f run_one; export out
+export -f run_one; export out kept
 grep -v '^\s*\(#\|$\)' "$jobs" | xargs -P "$workers" -L 1 bash -c 'run_one "$@"' _
