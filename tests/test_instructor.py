@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from errwise.config import InstructorConfig, LessonsConfig
+from errwise.config import InstructorConfig, LessonsConfig, TrainConfig
 from errwise.data.types import Relation, RelationInstance
+from errwise.errors import ErrwiseError
 from errwise.instructor.generate import find_span, normalise, tokenize, validate
 from errwise.lessons.bank import LessonBank
 from errwise.methods.instructor import pick_errors
@@ -200,6 +201,45 @@ def test_instructor_data_is_validated_recorded_and_trained_on(tiny_model_dir, tm
     run(cfg)
     assert FakeInstructor.count == calls
     assert json.loads((out / "instructor" / "task_01_summary.json").read_text())["cost"]["hits"] == summary["sent"]
+
+
+def test_instructor_writes_from_the_consolidation_rounds_errors(tiny_model_dir, tmp_path, fake_instructor):
+    """errors_from consolidation: nothing is sent before the first round; the memory's errors in the consolidation
+    round are, and the accepted instances (of the memory relations answered wrongly) train in that round."""
+    cfg = tiny_config(tiny_model_dir, tmp_path / "c", "instructor")
+    cfg = _with(
+        cfg,
+        train=_with(cfg.train, consolidate=0.5, defer_memory=True, budget="replay"),
+        instructor=InstructorConfig(
+            backend="openai",
+            base_url=fake_instructor,
+            model="fake",
+            mode="le",
+            max_errors=3,
+            errors_from="consolidation",
+        ),
+    )
+    out = run(cfg)
+    lines = read_jsonl(out / "metrics.jsonl")
+    assert not list((out / "instructor").glob("task_0?.jsonl"))  # no request from the initial responses
+    sent = 0
+    for t, line in enumerate(lines):
+        rounds = read_jsonl(out / "error_cases" / f"task_{t:02d}_consolidation.jsonl")
+        wrong = {(r["uid"], r["gold"], r["pred"]) for r in rounds if not r["correct"]}
+        path = out / "instructor" / f"task_{t:02d}_consolidation.jsonl"
+        if not wrong:
+            assert not path.exists() and "generated" not in line["consolidation"]["kinds"]
+            continue
+        rows = read_jsonl(path)
+        summary = json.loads((out / "instructor" / f"task_{t:02d}_consolidation_summary.json").read_text())
+        assert summary["sent"] == min(3, len(wrong)) and summary["errors_from"] == "consolidation"
+        assert {(r["error_uid"], r["gold"], r["pred"]) for r in rows} <= wrong  # the round's own errors
+        assert line["consolidation"]["kinds"]["generated"] == summary["accepted"] == 2 * summary["sent"]
+        assert "generated" not in line["train_kinds"]
+        sent += summary["sent"]
+    assert sent > 0  # the random tiny model forgets something
+    with pytest.raises(ErrwiseError, match="needs train.consolidate > 0"):
+        _with(cfg, train=TrainConfig())
 
 
 def test_lessons_are_distilled_stored_and_put_into_prompts(tiny_model_dir, tmp_path, fake_instructor):

@@ -247,7 +247,14 @@ class InstructorConfig:
     base_url: str | None = _f(None, "openai: e.g. http://127.0.0.1:8000/v1 (or env ERRWISE_INSTRUCTOR_BASE_URL).")
     mode: str = _f("lec", "`le`: from the error alone; `lec`: also by contrast with similar right answers.")
     per_error: int = _f(2, "New instances requested per error case.")
-    max_errors: int = _f(8, "Error cases per task sent to the instructor (the most frequent confusions first).")
+    max_errors: int = _f(8, "Error cases per round sent to the instructor (the most frequent confusions first).")
+    errors_from: str = _f(
+        "initial",
+        "Which error cases the instructor writes from: `initial` (the responses before the task's first round: "
+        "mostly the new task's instances), `consolidation` (the memory's errors in the consolidation round, after "
+        "the new task displaced old relations: it writes instances of forgotten relations; needs "
+        "train.consolidate > 0) or `both`.",
+    )
     contrast_k: int = _f(2, "lec: similar correctly answered instances shown (embedding similarity).")
     rationale: bool = _f(True, "Ask for a one-sentence rationale (kept in the run folder, not trained on).")
     temperature: float = _f(0.7, "Sampling temperature (0 = greedy).")
@@ -260,6 +267,10 @@ class InstructorConfig:
     def __post_init__(self) -> None:
         _check(self.backend in ("local", "openai"), f"instructor.backend must be local or openai, got {self.backend!r}")
         _check(self.mode in ("le", "lec"), f"instructor.mode must be le or lec, got {self.mode!r}")
+        _check(
+            self.errors_from in ("initial", "consolidation", "both"),
+            f"instructor.errors_from must be initial, consolidation or both, got {self.errors_from!r}",
+        )
         _check(self.per_error > 0, "instructor.per_error must be > 0")
         _check(self.max_errors >= 0, "instructor.max_errors must be >= 0")
         _check(self.temperature >= 0, "instructor.temperature must be >= 0")
@@ -337,6 +348,11 @@ class RunConfig:
         _check(
             p == 0 or p < n,
             f"errwise.probe_per_relation must be 0 or below method.memory_per_relation ({n}), got {p}",
+        )
+        _check(
+            self.method.name != "instructor" or self.instructor.errors_from == "initial" or self.train.consolidate > 0,
+            f"instructor.errors_from {self.instructor.errors_from} needs train.consolidate > 0 (the round whose "
+            "errors it writes from)",
         )
 
 

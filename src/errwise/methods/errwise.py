@@ -36,6 +36,7 @@ class Errwise:
     def __init__(self, cfg: ErrwiseConfig):
         self.cfg = cfg
         self.cases: list[tuple[RelationInstance, str, str]] = []  # (instance, source, predicted relation)
+        self.consolidation_cases: list[tuple[RelationInstance, str, str]] = []  # the same, in that round
 
     def begin_task(self, ctx: TaskContext) -> None:
         probe = self._probe(ctx)  # with probe_unseen, this task's probe is no training data
@@ -97,6 +98,7 @@ class Errwise:
         round: its error cases now are mostly old relations lost to the new ones (forgetting), and get the
         same error-focused treatment as the initial errors, in a short class-balanced round."""
         cases = self._responses(ctx, self._memory_pools(ctx, self._probe(ctx)), "consolidation")
+        self.consolidation_cases = cases
         self._record(ctx, cases, f"task_{ctx.task.index:02d}_consolidation.jsonl")
         learned = {r.id for r in ctx.seen}  # this task's relations have been trained on by now
         return self._examples(ctx, cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))

@@ -7,6 +7,9 @@ relations' descriptions) and writes `per_error` new instances of the gold relati
 distinction. LEC: it also sees the `contrast_k` most similar instances the target got right (cosine of the
 target's hidden states). Validated instances join the task's training data as plain examples; every block,
 accepted or rejected (with the reason), and the instructor's cost are written under `<run>/instructor/`.
+With `instructor.errors_from` consolidation (or both), the errors of the consolidation round go to it (or go too):
+the memory answered after the new task displaced old relations, so it writes instances of the forgotten
+relations, and they join that round's data.
 """
 
 from __future__ import annotations
@@ -144,44 +147,61 @@ class Instructor:
                 "run it without `accelerate launch`"
             )
         self.errwise.begin_task(ctx)
-        ic = ctx.cfg.instructor
         self.generated = []
+        if ctx.cfg.instructor.errors_from != "consolidation":
+            t = ctx.task.index
+            self.generated = self._generate(ctx, self.errwise.cases, f"task_{t:02d}", f"gen/T{t + 1}")
+
+    def _generate(self, ctx: TaskContext, cases, name: str, uid_prefix: str) -> list[RelationInstance]:
+        """Send one round's error cases to the instructor; the accepted instances. Every block (accepted or
+        rejected, with the reason) goes to `instructor/<name>.jsonl`, the counts and cost to
+        `instructor/<name>_summary.json`."""
+        ic = ctx.cfg.instructor
         kw = {"batch_size": ctx.cfg.eval.batch_size, "max_length": ctx.cfg.train.max_length}
-        requests = plan_requests(ctx.model, ctx.tok, self.errwise.cases, ic, ctx.relation, **kw)
+        requests = plan_requests(ctx.model, ctx.tok, cases, ic, ctx.relation, **kw)
         if not requests:
-            return
+            return []
         if self.backend is None:
             self.backend = make_backend(ic, ctx.run_dir)
         known = {r.name.lower(): r for r in ctx.seen}
         taken = {normalise(x.text) for t in ctx.stream.tasks for x in (*t.test, *t.train)}
         before = self.backend.stats()
         t0 = time.time()
-        self.generated, rows = ask_instructor(self.backend, ic, requests, known, taken, f"gen/T{ctx.task.index + 1}")
+        generated, rows = ask_instructor(self.backend, ic, requests, known, taken, uid_prefix)
         out = ctx.run_dir / "instructor"
         out.mkdir(exist_ok=True)
-        (out / f"task_{ctx.task.index:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        cost = self.backend.cost_since(before)
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         summary = {
             "backend": self.backend.description,
             "model": ic.model,
             "mode": ic.mode,
+            "errors_from": ic.errors_from,
             "temperature": ic.temperature,
             "seed": ic.seed,
-            "error_cases": sum(p != x.relation for x, _, p in self.errwise.cases),
+            "error_cases": sum(p != x.relation for x, _, p in cases),
             "sent": len(requests),
             "accepted": sum(r["status"] == "accepted" for r in rows),
             "rejected": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")),
-            "cost": cost,
+            "cost": self.backend.cost_since(before),
             "wall_seconds": time.time() - t0,
             "first_request": request_messages(requests[0], ic),
         }
-        (out / f"task_{ctx.task.index:02d}_summary.json").write_text(json.dumps(summary, indent=1))
+        (out / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
+        return generated
 
     def training_examples(self, ctx: TaskContext) -> list[Example]:
         return self.errwise.training_examples(ctx) + [ctx.plain(x, kind="generated") for x in self.generated]
 
     def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
-        return self.errwise.consolidation_examples(ctx)
+        """errwise's consolidation examples; with errors_from consolidation/both, also the instances the instructor
+        writes from this round's errors (the memory of old relations the new task displaced)."""
+        examples = self.errwise.consolidation_examples(ctx)
+        if ctx.cfg.instructor.errors_from == "initial":
+            return examples
+        t = ctx.task.index
+        cases = self.errwise.consolidation_cases
+        new = self._generate(ctx, cases, f"task_{t:02d}_consolidation", f"gen/T{t + 1}c")
+        return examples + [ctx.plain(x, kind="generated") for x in new]
 
     def end_task(self, ctx: TaskContext) -> None:
         self.errwise.end_task(ctx)
