@@ -44,7 +44,7 @@ def test_cli_values_follow_declared_types():
         parse_value("train.nope", "1")
 
 
-@pytest.mark.parametrize("preset", ["fewrel", "tacred", "cpu_mini", "cpu_mini_fit"])
+@pytest.mark.parametrize("preset", ["fewrel", "tacred", "cpu_mini", "cpu_mini_fit", "cpu_forget"])
 def test_presets_load(preset):
     from pathlib import Path
 
@@ -118,3 +118,59 @@ def test_a_run_saved_with_errwise_options_under_method_loads_as_the_same_config(
         (path / "metrics.jsonl").write_text(json.dumps(line) + "\n")
         runs.append(load_run(path))
     assert list(group_runs(runs)) == ["errwise"] and len(group_runs(runs)["errwise"]) == 2
+
+
+def test_the_schedule_defaults_to_the_methods_and_a_given_value_wins(tmp_path):
+    """errwise (and the methods built on it) default to the memory deferred to a consolidation round of a quarter
+    of the steps, the schedule it was measured best with; replay, joint and finetune to none. A value given wins;
+    a run saved before the keys existed had no consolidation round, whatever its method."""
+    from errwise.config import TrainConfig, load_saved_config, save_yaml
+
+    def train(method, **kw):
+        t = RunConfig(method=MethodConfig(name=method), train=TrainConfig(**kw)).train
+        return t.consolidate, t.defer_memory
+
+    assert train("errwise") == train("instructor") == train("lessons") == (0.25, True)
+    assert train("replay") == train("joint") == train("finetune") == (0.0, False)
+    assert train("errwise", consolidate=0.0) == (0.0, False)  # the paper's schedule
+    assert train("errwise", defer_memory=False) == (0.25, False)
+    assert train("replay", consolidate=0.25, defer_memory=True) == (0.25, True)
+    with pytest.raises(ErrwiseError, match="defer_memory needs train.consolidate > 0"):
+        train("replay", defer_memory=True)
+    save_yaml(RunConfig(method=MethodConfig(name="errwise")), tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert (saved["train"]["consolidate"], saved["train"]["defer_memory"]) == (0.25, True)  # saved resolved
+    del saved["train"]["consolidate"], saved["train"]["defer_memory"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved))
+    old = load_saved_config(tmp_path / "old.yaml").train
+    assert (old.consolidate, old.defer_memory) == (0.0, False)
+
+
+def test_presets_merge_left_to_right_section_by_section(tmp_path):
+    """`errwise run A.yaml B.yaml`: B's keys win, key by key within a section; the paper preset on a stream preset
+    gives errwise as the paper describes it on that stream."""
+    from pathlib import Path
+
+    from errwise.config import merge_sections
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    d: dict = {}
+    for name in ("cpu_forget", "errwise_paper"):
+        merge_sections(d, load_yaml(configs / f"{name}.yaml"))
+    cfg = from_dict(d)
+    forget = from_dict(load_yaml(configs / "cpu_forget.yaml"))
+    assert cfg.data == forget.data and cfg.model == forget.model and cfg.train.lr == forget.train.lr
+    assert cfg.method.name == "errwise" and cfg.method.memory_per_relation == forget.method.memory_per_relation
+    assert cfg.errwise.error_fraction is None and (cfg.train.consolidate, cfg.train.defer_memory) == (0.0, False)
+    default = from_dict({**load_yaml(configs / "cpu_forget.yaml"), "method": {"name": "errwise"}})
+    assert (default.train.consolidate, default.train.defer_memory) == (0.25, True)
+
+
+def test_a_run_folder_and_a_preset_together_are_a_one_line_error(tmp_path, capsys):
+    from errwise.cli import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "a.yaml").write_text("method:\n  name: replay\n")
+    assert main(["run", str(tmp_path / "run"), str(tmp_path / "a.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pass one run folder to resume, or YAML presets only" in err and "\n" not in err

@@ -32,7 +32,8 @@ def tiny_config(model_dir, out, method="replay", **method_kw) -> RunConfig:
     return RunConfig(
         data=DataConfig(dataset="builtin", num_tasks=3, relations_per_task=2, train_size=8, test_size=4),
         model=ModelConfig(name=str(model_dir), lora_r=4, lora_alpha=8),
-        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+        # No consolidation round for any method unless a test asks for one (errwise's default schedule: test_config)
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3, consolidate=0.0, defer_memory=False),
         method=MethodConfig(name=method, **{"memory_per_relation": 2, **method_kw}),
         errwise=ErrwiseConfig(**errwise_kw),
         eval=EvalConfig(batch_size=8),

@@ -23,11 +23,17 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run a continual stream (or resume an interrupted run folder)",
-        description="Run a continual relation extraction stream. CONFIG is a YAML preset (configs/*.yaml) or "
-        "an interrupted run folder to resume. Any field can be overridden: --train.lr 1e-4. Each section is a "
-        "config dataclass (errwise/config.py); a method's own options have their own section.",
+        description="Run a continual relation extraction stream. CONFIG is a YAML preset (configs/*.yaml; several "
+        "are merged left to right) or an interrupted run folder to resume. Any field can be overridden: "
+        "--train.lr 1e-4. Each section is a config dataclass (errwise/config.py); a method's own options have "
+        "their own section.",
     )
-    p.add_argument("config", nargs="?", help="YAML preset, or a run folder to resume (default: built-in demo)")
+    p.add_argument(
+        "config",
+        nargs="*",
+        help="YAML preset(s), merged left to right (a later file's keys win, section by section: "
+        "configs/cpu_forget.yaml configs/errwise_paper.yaml), or one run folder to resume (default: built-in demo)",
+    )
     groups = {}
     for section, cls in _SECTION_TYPES.items():
         doc = (cls.__doc__ or "").strip()
@@ -43,13 +49,16 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from errwise.config import from_dict, load_yaml, parse_value, set_dotted
+    from errwise.config import from_dict, load_yaml, merge_sections, parse_value, set_dotted
     from errwise.run import completed_tasks, run
 
     overrides = {k: v for k, v in vars(args).items() if "." in k or k in ("output_dir", "report_to")}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if args.config and Path(args.config).is_dir():
-        run_dir = Path(args.config)
+    paths = args.config
+    if any(Path(c).is_dir() for c in paths):
+        if len(paths) > 1:
+            raise ErrwiseError(f"pass one run folder to resume, or YAML presets only, not {' '.join(paths)}")
+        run_dir = Path(paths[0])
         if not completed_tasks(run_dir) and not (run_dir / "config.yaml").exists():
             raise ErrwiseError(f"{run_dir} is not a run folder (no config.yaml); pass a YAML config to start a run")
         if overrides:
@@ -58,11 +67,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         run(resume_config(run_dir), run_dir)
         return
-    d = load_yaml(args.config) if args.config else {}
+    d: dict = {}
+    for path in paths:
+        merge_sections(d, load_yaml(path))
     for k, v in overrides.items():
         set_dotted(d, k, parse_value(k, v))
-    from_cli = args.config and any(k != "output_dir" for k in overrides)
-    run(from_dict(d, source=f"{args.config} + command line" if from_cli else args.config or "command line"))
+    source = " + ".join(paths) or "command line"
+    if paths and any(k != "output_dir" for k in overrides):
+        source += " + command line"
+    run(from_dict(d, source=source))
 
 
 def cmd_report(args: argparse.Namespace) -> None:

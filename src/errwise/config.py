@@ -105,18 +105,20 @@ class TrainConfig:
         "`own`: epochs over the method's own examples; `replay`: epochs over the task's training data plus the "
         "memory, i.e. exactly replay's number of steps (equal-budget comparisons).",
     )
-    consolidate: float = _f(
-        0.0,
+    consolidate: float | None = _f(
+        None,
         "Share of each task's optimiser steps spent on a consolidation round after the memory update: a short "
         "second training round over the memory of every seen relation (class-balanced, as in EEIL's balanced "
-        "fine-tuning); the method picks its examples (errwise: its error cases after the first round). 0 = off.",
+        "fine-tuning); the method picks its examples (errwise: its error cases after the first round). 0 = off. "
+        "Default: the method's (errwise, instructor, lessons 0.25; the others 0).",
     )
-    defer_memory: bool = _f(
-        False,
+    defer_memory: bool | None = _f(
+        None,
         "Leave the memory out of each task's first round (the task's own data only) and replay it in the "
         "consolidation round, after that training has displaced what it will: errwise then mines the memory's "
         "errors where forgetting shows (just after a round that trained on it, the memory is answered right). "
-        "Needs train.consolidate > 0; the step budget is unchanged.",
+        "Needs train.consolidate > 0; the step budget is unchanged. Default: the method's (errwise, instructor, "
+        "lessons: true when train.consolidate > 0; the others false).",
     )
     batch_size: int = _f(8, "Examples per optimiser step.")
     lr: float = _f(2e-4, "Peak learning rate (AdamW, linear warmup then linear decay, per task).")
@@ -131,8 +133,9 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.max_steps is None or self.max_steps > 0, "train.max_steps must be > 0")
         _check(self.budget in ("own", "replay"), f"train.budget must be own or replay, got {self.budget!r}")
-        _check(0 <= self.consolidate < 1, f"train.consolidate must be in [0, 1), got {self.consolidate!r}")
-        _check(not self.defer_memory or self.consolidate > 0, "train.defer_memory needs train.consolidate > 0")
+        c = self.consolidate
+        _check(c is None or 0 <= c < 1, f"train.consolidate must be in [0, 1), got {c!r}")
+        _check(not self.defer_memory or c is None or c > 0, "train.defer_memory needs train.consolidate > 0")
         _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
         _check(0 <= self.warmup_ratio < 1, f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         _check(self.max_length > 0, f"train.max_length must be > 0, got {self.max_length}")
@@ -342,7 +345,8 @@ class RunConfig:
         "task, in <run>/tensorboard/; needs `pip install -e '.[tensorboard]'`).",
     )
 
-    def __post_init__(self) -> None:  # checks across sections
+    def __post_init__(self) -> None:  # defaults and checks across sections
+        object.__setattr__(self, "train", method_schedule(self.train, self.method.name))
         _check(self.report_to in ("none", "tensorboard"), f"report_to must be none or tensorboard: {self.report_to!r}")
         p, n = self.errwise.probe_per_relation, self.method.memory_per_relation
         _check(
@@ -354,6 +358,19 @@ class RunConfig:
             f"instructor.errors_from {self.instructor.errors_from} needs train.consolidate > 0 (the round whose "
             "errors it writes from)",
         )
+
+
+METHOD_SCHEDULES: dict[str, float] = {"errwise": 0.25, "instructor": 0.25, "lessons": 0.25}
+"""train.consolidate by method when it is not given, with the memory deferred to that round: the schedule errwise
+was measured best with (docs/results.md, cpu_forget); the other methods default to none (replay as the field
+runs it)."""
+
+
+def method_schedule(train: TrainConfig, method: str) -> TrainConfig:
+    """train with consolidate / defer_memory resolved: a value given is kept, a missing one is the method's."""
+    consolidate = METHOD_SCHEDULES.get(method, 0.0) if train.consolidate is None else train.consolidate
+    defer = method in METHOD_SCHEDULES and consolidate > 0 if train.defer_memory is None else train.defer_memory
+    return dataclasses.replace(train, consolidate=consolidate, defer_memory=defer)
 
 
 _SECTION_TYPES = {
@@ -463,7 +480,8 @@ def load_saved_config(path: str | Path) -> RunConfig:
     - runs saved before errwise's options had a section of their own hold them under `method:`; they move to
       `errwise:`;
     - a saved config holds every key of its time, so a key it lacks did not exist yet. errwise.error_upsample is
-      the one whose default differs from what those runs did: errwise-based methods upsampled before it existed.
+      one whose default differs from what those runs did: errwise-based methods upsampled before it existed;
+      train.consolidate and train.defer_memory others: before they existed no run had a consolidation round.
     """
     d = load_yaml(path)
     method = d.get("method")
@@ -474,6 +492,10 @@ def load_saved_config(path: str | Path) -> RunConfig:
         if method.get("name") in ("errwise", "instructor", "lessons"):
             d["errwise"] = d.get("errwise") or {}
             d["errwise"].setdefault("error_upsample", True)
+    train = d.get("train")
+    if isinstance(train, dict):  # before the method-dependent schedule (config.METHOD_SCHEDULES): none
+        train.setdefault("consolidate", 0.0)
+        train.setdefault("defer_memory", False)
     return from_dict(d, source=str(path))
 
 
@@ -527,6 +549,16 @@ def parse_value(key: str, raw: str) -> Any:
     elif any(typing.get_origin(t) is list for t in allowed) and not isinstance(value, list):
         value = [s.strip() for s in raw.split(",") if s.strip()]
     return check_value(f"--{key}", hint, value, None)
+
+
+def merge_sections(d: dict[str, Any], more: dict[str, Any]) -> None:
+    """Merge preset `more` into `d`: a section's keys one by one (a later preset changes only the keys it names),
+    a top-level key as a whole."""
+    for key, value in more.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
 
 
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
