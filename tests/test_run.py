@@ -342,7 +342,7 @@ def test_defer_memory_replays_the_memory_only_in_the_consolidation_round(tiny_mo
     row = [c.strip() for c in next(line for line in lines if line.startswith("| errwise | T2 |")).split("|")]
     assert row[header.index("Consolidation errors")] == f"{sum(not r['correct'] for r in rounds)}/{len(rounds)}"
     with pytest.raises(ErrwiseError, match="defer_memory needs train.consolidate"):
-        TrainConfig(defer_memory=True)
+        TrainConfig(defer_memory=True, consolidate=0.0)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
