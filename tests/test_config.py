@@ -147,7 +147,7 @@ def test_the_schedule_defaults_to_the_methods_and_a_given_value_wins(tmp_path, m
     assert (old.consolidate, old.defer_memory) == (0.0, False)
 
 
-def test_presets_merge_left_to_right_section_by_section(tmp_path):
+def test_presets_merge_left_to_right_section_by_section():
     """`errwise run A.yaml B.yaml`: B's keys win, key by key within a section; the paper preset on a stream preset
     gives errwise as the paper describes it on that stream."""
     from pathlib import Path

@@ -369,7 +369,7 @@ the cpu_forget comparison (docs/results.md) decides errwise's."""
 def method_schedule(train: TrainConfig, method: str) -> TrainConfig:
     """train with consolidate / defer_memory resolved: a value given is kept, a missing one is the method's."""
     consolidate = METHOD_SCHEDULES.get(method, 0.0) if train.consolidate is None else train.consolidate
-    defer = method in METHOD_SCHEDULES and consolidate > 0 if train.defer_memory is None else train.defer_memory
+    defer = (method in METHOD_SCHEDULES and consolidate > 0) if train.defer_memory is None else train.defer_memory
     return dataclasses.replace(train, consolidate=consolidate, defer_memory=defer)
 
 
