@@ -120,19 +120,18 @@ def test_a_run_saved_with_errwise_options_under_method_loads_as_the_same_config(
     assert list(group_runs(runs)) == ["errwise"] and len(group_runs(runs)["errwise"]) == 2
 
 
-def test_the_schedule_defaults_to_the_methods_and_a_given_value_wins(tmp_path, monkeypatch):
-    """A method named in METHOD_SCHEDULES defaults to the memory deferred to a consolidation round of that share;
-    the others to none. A value given wins; a run saved before the keys existed had no round, whatever its method."""
-    from errwise import config
+def test_the_schedule_defaults_to_the_methods_and_a_given_value_wins(tmp_path):
+    """errwise (and the methods built on it) default to the memory deferred to a consolidation round of a quarter
+    of the steps, the schedule it was measured best with; replay, joint and finetune to none. A value given wins;
+    a run saved before the keys existed had no consolidation round, whatever its method."""
     from errwise.config import TrainConfig, load_saved_config, save_yaml
 
     def train(method, **kw):
         t = RunConfig(method=MethodConfig(name=method), train=TrainConfig(**kw)).train
         return t.consolidate, t.defer_memory
 
-    assert {train(m) for m in ("errwise", "replay", "joint", "finetune", "instructor", "lessons")} == {(0.0, False)}
-    monkeypatch.setattr(config, "METHOD_SCHEDULES", {"errwise": 0.25})
-    assert train("errwise") == (0.25, True) and train("replay") == (0.0, False)
+    assert train("errwise") == train("instructor") == train("lessons") == (0.25, True)
+    assert train("replay") == train("joint") == train("finetune") == (0.0, False)
     assert train("errwise", consolidate=0.0) == (0.0, False)  # the paper's schedule
     assert train("errwise", defer_memory=False) == (0.25, False)
     assert train("replay", consolidate=0.25, defer_memory=True) == (0.25, True)
@@ -163,6 +162,8 @@ def test_presets_merge_left_to_right_section_by_section():
     assert cfg.data == forget.data and cfg.model == forget.model and cfg.train.lr == forget.train.lr
     assert cfg.method.name == "errwise" and cfg.method.memory_per_relation == forget.method.memory_per_relation
     assert cfg.errwise.error_fraction is None and (cfg.train.consolidate, cfg.train.defer_memory) == (0.0, False)
+    default = from_dict({**load_yaml(configs / "cpu_forget.yaml"), "method": {"name": "errwise"}})
+    assert (default.train.consolidate, default.train.defer_memory) == (0.25, True)
 
 
 def test_a_run_folder_and_a_preset_together_are_a_one_line_error(tmp_path, capsys):
