@@ -177,6 +177,15 @@ def test_a_hub_id_is_passed_through_and_a_changed_gguf_gets_a_new_cache_key(tmp_
     assert gguf_identity(f) == key
     f.write_bytes(b"GGUF" + bytes(99) + b"\x01")
     assert gguf_identity(f) != key
+    # the key follows the content, not the path or the time: a reinstalled or copied file reuses its conversion
+    big = bytearray(b"GGUF" + bytes(40 << 20))
+    (tmp_path / "a.gguf").write_bytes(big)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.gguf").write_bytes(big)
+    assert gguf_identity(tmp_path / "a.gguf") == gguf_identity(tmp_path / "sub" / "b.gguf")
+    big[-1] = 1  # the last tensor's bytes changed in place, same size
+    (tmp_path / "sub" / "b.gguf").write_bytes(big)
+    assert gguf_identity(tmp_path / "a.gguf") != gguf_identity(tmp_path / "sub" / "b.gguf")
 
 
 def test_run_with_a_missing_model_is_one_line_and_writes_nothing(tmp_path, capsys):

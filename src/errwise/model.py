@@ -92,12 +92,21 @@ def packaged_gguf() -> Path:
 
 
 def gguf_identity(path: Path) -> str:
-    """A short key of a GGUF file's identity: its resolved path, size, modification time and first MiB, so a
-    file changed in place is converted again."""
-    st = path.stat()
-    h = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|".encode())
+    """A short key of a GGUF file's content: its size and bytes (the whole file up to 32 MiB; beyond, the first and
+    last MiB and 32 chunks of 64 KiB spread between them, a few MiB read however large the file). The same file
+    reinstalled or copied elsewhere reuses its converted folder; a file changed in place is converted again (a
+    change that touches none of the sampled bytes of a same-size file is not seen: delete its cache folder)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(f"{size}|".encode())
     with path.open("rb") as f:
-        h.update(f.read(1 << 20))
+        if size <= 32 << 20:
+            h.update(f.read())
+        else:
+            mib, chunk = 1 << 20, 64 << 10
+            offsets = [0] + [mib + k * (size - 2 * mib - chunk) // 31 for k in range(32)] + [size - mib]
+            for offset in offsets:
+                f.seek(offset)
+                h.update(f.read(mib if offset in (0, size - mib) else chunk))
     return h.hexdigest()[:16]
 
 
