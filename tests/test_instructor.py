@@ -16,8 +16,8 @@ from errwise.data.types import Relation, RelationInstance
 from errwise.errors import ErrwiseError
 from errwise.instructor.generate import find_span, normalise, tokenize, validate
 from errwise.lessons.bank import LessonBank
-from errwise.methods.instructor import pick_errors
-from errwise.prompts import instructor_messages, lesson_messages, parse_blocks
+from errwise.methods.instructor import ask_instructor, pick_errors
+from errwise.prompts import instructor_messages, lesson_messages, parse_blocks, parse_choice
 from errwise.run import run
 from test_run import read_jsonl, tiny_config
 
@@ -110,6 +110,49 @@ def test_lesson_bank_dedups_caps_and_retrieves_by_similarity(tmp_path):
     again = LessonBank(2, 0.99)
     again.load(tmp_path / "b.jsonl")
     assert again.lessons == bank.lessons and len(again.lessons[0]["embedding"]) == 26
+
+
+def test_the_meaning_check_keeps_only_instances_the_instructor_classifies_as_their_relation():
+    """verify: each block that passes validation is classified by the instructor among gold, the confused relation
+    and "none / swapped" (options in an order fixed per sentence); only an answer naming gold keeps it. The checker
+    here answers by the sentence: "Acme..." is gold, "Zeta..." the confused relation, "Kappa..." none."""
+    from errwise.instructor.client import ChatReply
+
+    class Checker:
+        calls: list = []
+
+        def chat(self, messages, *, temperature, max_tokens, seed):
+            text = messages[-1]["content"]
+            Checker.calls.append((text, temperature))
+            if "Which relation" not in text:  # the generation request: three well-formed blocks
+                reply = "".join(
+                    f"Sentence: {h} was founded by Jane Roe in 1990 .\nHead: {h}\nTail: Jane Roe\n"
+                    "Relation: founded by\n\n"
+                    for h in ("Acme", "Zeta", "Kappa")
+                )
+            else:
+                want = {"Acme": "founded by", "Zeta": "member of", "Kappa": "none of these"}[text.split()[1]]
+                letter = next(line[0] for line in text.splitlines() if line[1:3] == ". " and want in line)
+                reply = f"{letter}"
+            return ChatReply(reply, 10, 2, 0.0)
+
+    error = inst("e1", "Jane Roe set up Acme .", "Acme", "Jane Roe")
+    request = (error, GOLD, OTHER, [])
+    taken: set[str] = set()
+    for verify, kept in ((False, ["Acme", "Zeta", "Kappa"]), (True, ["Acme"])):
+        ic = InstructorConfig(per_error=3, verify=verify, cache_dir=None)
+        Checker.calls = []
+        generated, rows = ask_instructor(Checker(), ic, [request], KNOWN, set(taken), "gen")
+        assert [x.head_text for x in generated] == kept
+        assert len(Checker.calls) == 1 + 3 * verify and all(t == 0.0 for _, t in Checker.calls[1:])
+        if verify:
+            assert [r["reason"] for r in rows] == ["ok", "meaning check", "meaning check"]
+            assert [r.get("check_answered") for r in rows] == [
+                None,
+                "member of",
+                "none of these, or only with head and tail swapped",
+            ]
+    assert parse_choice("B", 3) == 1 and parse_choice("Answer: C.", 3) == 2 and parse_choice("D", 3) is None
 
 
 class FakeInstructor(BaseHTTPRequestHandler):

@@ -260,6 +260,12 @@ class InstructorConfig:
     )
     contrast_k: int = _f(2, "lec: similar correctly answered instances shown (embedding similarity).")
     rationale: bool = _f(True, "Ask for a one-sentence rationale (kept in the run folder, not trained on).")
+    verify: bool = _f(
+        False,
+        "Meaning check: the instructor classifies each instance that passed validation among its relation, the "
+        "relation the target confused it with and 'none of these, or head and tail swapped' (greedy, one more "
+        "short call each); an instance whose answer is not its relation is rejected (`meaning check`).",
+    )
     temperature: float = _f(0.7, "Sampling temperature (0 = greedy).")
     max_tokens: int = _f(256, "Maximum tokens per instructor reply.")
     seed: int = _f(0, "Seed sent with every request (reproducible sampling where the backend honours it).")

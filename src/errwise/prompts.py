@@ -7,6 +7,7 @@ relation's name after the prompt) and all training objectives share one answer f
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from errwise.data.types import Relation, RelationInstance
@@ -143,6 +144,32 @@ def instructor_messages(
         {"role": "user", "content": "\n\n".join(parts)},
         {"role": "assistant", "content": "Sentence:"},  # prefill (in-process only): the reply starts in the format
     ]
+
+
+VERIFY_NONE = "none of these, or only with head and tail swapped"
+
+
+def verify_messages(inst: RelationInstance, options: list[Relation]) -> list[dict[str, str]]:
+    """The meaning check of a generated instance: which of `options` (then "none / swapped") the sentence
+    expresses from the head to the tail, answered with one letter (`parse_choice`)."""
+    listed = [f"{chr(65 + i)}. {_rel(r)}" for i, r in enumerate(options)]
+    listed.append(f"{chr(65 + len(options))}. {VERIFY_NONE}")
+    return [
+        {"role": "system", "content": "You check relation extraction data. Answer with one letter."},
+        {
+            "role": "user",
+            "content": f"{_describe(inst)}Which relation does the sentence state holds from the head to the tail?\n"
+            + "\n".join(listed)
+            + "\nAnswer with the letter only.",
+        },
+    ]
+
+
+def parse_choice(text: str, n: int) -> int | None:
+    """The 0-based option a reply to `verify_messages` picks among n letters (the first letter A.. standing
+    alone), or None."""
+    m = re.search(rf"\b([A-{chr(64 + n)}])\b", text.strip())
+    return ord(m.group(1)) - 65 if m else None
 
 
 # --- The memory of lessons (ReasoningBank, Ouyang et al. 2025).

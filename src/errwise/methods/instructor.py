@@ -14,6 +14,7 @@ relations, and they join that round's data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -27,11 +28,11 @@ from errwise.data.types import Relation, RelationInstance
 from errwise.errors import ErrwiseError
 from errwise.evaluate import embed
 from errwise.instructor.client import ChatBackend
-from errwise.instructor.generate import BLOCK_KEYS, make_backend, normalise, validate
+from errwise.instructor.generate import BLOCK_KEYS, Verdict, make_backend, normalise, validate
 from errwise.lessons.bank import unit_rows
 from errwise.methods.errwise import Errwise
 from errwise.methods.protocol import TaskContext
-from errwise.prompts import Example, instructor_messages, parse_blocks
+from errwise.prompts import VERIFY_NONE, Example, instructor_messages, parse_blocks, parse_choice, verify_messages
 
 
 def pick_errors(cases: list[tuple[RelationInstance, str]], n: int) -> list[tuple[RelationInstance, str]]:
@@ -97,6 +98,19 @@ def request_messages(request: Request, ic: InstructorConfig) -> list[dict[str, s
     return instructor_messages(x, gold, wrong, ic.per_error, correct, ic.rationale)
 
 
+def meaning_check(backend: ChatBackend, ic: InstructorConfig, inst: RelationInstance, gold: Relation, wrong: Relation):
+    """Ask the instructor which relation `inst` expresses among gold, wrong (in an order fixed by the sentence, so
+    position bias does not favour gold) and "none / swapped": None if it answers gold, else what it answered."""
+    options = sorted([gold, wrong], key=lambda r: hashlib.sha1(f"{inst.uid}|{r.id}".encode()).hexdigest())
+    reply = backend.chat(verify_messages(inst, options), temperature=0.0, max_tokens=8, seed=ic.seed)
+    choice = parse_choice(reply.text, len(options) + 1)
+    if choice is not None and choice < len(options) and options[choice].id == gold.id:
+        return None
+    if choice is None:
+        return f"no letter in {reply.text.strip()[:40]!r}"
+    return options[choice].name if choice < len(options) else VERIFY_NONE
+
+
 def ask_instructor(
     backend: ChatBackend,
     ic: InstructorConfig,
@@ -105,8 +119,9 @@ def ask_instructor(
     taken: set[str],
     uid_prefix: str,
 ) -> tuple[list[RelationInstance], list[dict]]:
-    """Send each error case to the instructor and validate the first `per_error` blocks of each reply: the
-    accepted instances, and one row per block (accepted, or rejected with the reason) for the run folder."""
+    """Send each error case to the instructor and validate the first `per_error` blocks of each reply (with
+    `ic.verify`, a block that passes is also checked for meaning, `meaning_check`): the accepted instances, and one
+    row per block (accepted, or rejected with the reason) for the run folder."""
     generated, rows = [], []
     for request in requests:
         x, gold, wrong, correct = request
@@ -116,6 +131,11 @@ def ask_instructor(
         blocks = parse_blocks(reply.text, BLOCK_KEYS)
         for block in blocks[: ic.per_error] or [{"reply": reply.text}]:
             v = validate(block, gold, known, taken, f"{uid_prefix}/{x.uid}")
+            answered = None
+            if v.instance is not None and ic.verify:
+                answered = meaning_check(backend, ic, v.instance, gold, wrong)
+                if answered is not None:
+                    v = Verdict(None, "meaning check")
             if v.instance is not None:
                 generated.append(v.instance)
             rows.append(
@@ -129,6 +149,7 @@ def ask_instructor(
                     "reason": v.reason,
                     "uid": v.instance.uid if v.instance else None,
                     "block": block,
+                    **({"check_answered": answered} if answered is not None else {}),
                 }
             )
     return generated, rows
@@ -176,6 +197,7 @@ class Instructor:
             "model": ic.model,
             "mode": ic.mode,
             "errors_from": ic.errors_from,
+            "verify": ic.verify,
             "temperature": ic.temperature,
             "seed": ic.seed,
             "error_cases": sum(p != x.relation for x, _, p in cases),
