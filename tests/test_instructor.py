@@ -112,47 +112,54 @@ def test_lesson_bank_dedups_caps_and_retrieves_by_similarity(tmp_path):
     assert again.lessons == bank.lessons and len(again.lessons[0]["embedding"]) == 26
 
 
-def test_the_meaning_check_keeps_only_instances_the_instructor_classifies_as_their_relation():
-    """verify: each block that passes validation is classified by the instructor among gold, the confused relation
-    and "none / swapped" (options in an order fixed per sentence); only an answer naming gold keeps it. The checker
-    here answers by the sentence: "Acme..." is gold, "Zeta..." the confused relation, "Kappa..." none."""
+def test_the_meaning_check_keeps_only_instances_the_instructor_confirms():
+    """verify: each block that passes validation goes back to the instructor; `choice`: classified among gold, the
+    confused relation and "none / swapped" (options in an order fixed per sentence), kept only if it names gold;
+    `statement`: kept only on yes. The checker here answers by the sentence: "Acme..." is gold (yes), "Zeta..." the
+    confused relation (no), "Kappa..." none (an answer that is neither yes nor no)."""
     from errwise.instructor.client import ChatReply
 
     class Checker:
         calls: list = []
 
         def chat(self, messages, *, temperature, max_tokens, seed):
-            text = messages[-1]["content"]
+            text = messages[1]["content"]  # the user turn (a generation request ends with a prefill)
             Checker.calls.append((text, temperature))
-            if "Which relation" not in text:  # the generation request: three well-formed blocks
+            head = text.split()[1]
+            if "Which relation" in text:
+                want = {"Acme": "founded by", "Zeta": "member of", "Kappa": "none of these"}[head]
+                reply = next(line[0] for line in text.splitlines() if line[1:3] == ". " and want in line)
+            elif "Answer yes or no" in text:
+                assert '"founded by" of "' + head + '" is "Jane Roe"' in text
+                reply = {"Acme": "Yes.", "Zeta": "No", "Kappa": "Maybe"}[head]
+            else:  # the generation request: three well-formed blocks
                 reply = "".join(
                     f"Sentence: {h} was founded by Jane Roe in 1990 .\nHead: {h}\nTail: Jane Roe\n"
                     "Relation: founded by\n\n"
                     for h in ("Acme", "Zeta", "Kappa")
                 )
-            else:
-                want = {"Acme": "founded by", "Zeta": "member of", "Kappa": "none of these"}[text.split()[1]]
-                letter = next(line[0] for line in text.splitlines() if line[1:3] == ". " and want in line)
-                reply = f"{letter}"
             return ChatReply(reply, 10, 2, 0.0)
 
     error = inst("e1", "Jane Roe set up Acme .", "Acme", "Jane Roe")
-    request = (error, GOLD, OTHER, [])
-    taken: set[str] = set()
-    for verify, kept in ((False, ["Acme", "Zeta", "Kappa"]), (True, ["Acme"])):
-        ic = InstructorConfig(per_error=3, verify=verify, cache_dir=None)
+    answers = {
+        "none": None,
+        "choice": [None, "member of", "none of these, or only with head and tail swapped"],
+        "statement": [None, "no", "no yes/no in 'Maybe'"],
+    }
+    for verify, answered in answers.items():
         Checker.calls = []
-        generated, rows = ask_instructor(Checker(), ic, [request], KNOWN, set(taken), "gen")
-        assert [x.head_text for x in generated] == kept
-        assert len(Checker.calls) == 1 + 3 * verify and all(t == 0.0 for _, t in Checker.calls[1:])
-        if verify:
-            assert [r["reason"] for r in rows] == ["ok", "meaning check", "meaning check"]
-            assert [r.get("check_answered") for r in rows] == [
-                None,
-                "member of",
-                "none of these, or only with head and tail swapped",
-            ]
+        ic = InstructorConfig(per_error=3, verify=verify, cache_dir=None)
+        generated, rows = ask_instructor(Checker(), ic, [(error, GOLD, OTHER, [])], KNOWN, set(), "gen")
+        if answered is None:
+            assert [x.head_text for x in generated] == ["Acme", "Zeta", "Kappa"] and len(Checker.calls) == 1
+            continue
+        assert [x.head_text for x in generated] == ["Acme"]
+        assert len(Checker.calls) == 4 and all(t == 0.0 for _, t in Checker.calls[1:])  # greedy checks
+        assert [r["reason"] for r in rows] == ["ok", "meaning check", "meaning check"]
+        assert [r.get("check_answered") for r in rows] == answered
     assert parse_choice("B", 3) == 1 and parse_choice("Answer: C.", 3) == 2 and parse_choice("D", 3) is None
+    with pytest.raises(ErrwiseError, match="instructor.verify must be"):
+        InstructorConfig(verify="true")
 
 
 class FakeInstructor(BaseHTTPRequestHandler):

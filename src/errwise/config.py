@@ -260,11 +260,12 @@ class InstructorConfig:
     )
     contrast_k: int = _f(2, "lec: similar correctly answered instances shown (embedding similarity).")
     rationale: bool = _f(True, "Ask for a one-sentence rationale (kept in the run folder, not trained on).")
-    verify: bool = _f(
-        False,
-        "Meaning check: the instructor classifies each instance that passed validation among its relation, the "
-        "relation the target confused it with and 'none of these, or head and tail swapped' (greedy, one more "
-        "short call each); an instance whose answer is not its relation is rejected (`meaning check`).",
+    verify: str = _f(
+        "none",
+        "Meaning check of each instance that passed validation, by the instructor (greedy, one more short call "
+        "each): `choice` (which of its relation, the relation the target confused it with, or 'none / head and "
+        "tail swapped' the sentence states), `statement` (yes or no: does the sentence state that the relation's "
+        "value for the head is the tail); an instance that fails is rejected (`meaning check`). `none`: off.",
     )
     temperature: float = _f(0.7, "Sampling temperature (0 = greedy).")
     max_tokens: int = _f(256, "Maximum tokens per instructor reply.")
@@ -276,6 +277,10 @@ class InstructorConfig:
     def __post_init__(self) -> None:
         _check(self.backend in ("local", "openai"), f"instructor.backend must be local or openai, got {self.backend!r}")
         _check(self.mode in ("le", "lec"), f"instructor.mode must be le or lec, got {self.mode!r}")
+        _check(
+            self.verify in ("none", "choice", "statement"),
+            f"instructor.verify must be none, choice or statement, got {self.verify!r}",
+        )
         _check(
             self.errors_from in ("initial", "consolidation", "both"),
             f"instructor.errors_from must be initial, consolidation or both, got {self.errors_from!r}",

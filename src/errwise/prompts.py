@@ -165,6 +165,27 @@ def verify_messages(inst: RelationInstance, options: list[Relation]) -> list[dic
     ]
 
 
+def statement_messages(inst: RelationInstance, rel: Relation) -> list[dict[str, str]]:
+    """The meaning check as one statement to confirm: does the sentence state that `rel`'s value for the head is
+    the tail (the direction of a Wikidata property: the head is the subject)? Answered yes or no (`parse_yes`)."""
+    what = f'"{rel.name}"' + (f" ({rel.description})" if rel.description else "")
+    return [
+        {"role": "system", "content": "You check relation extraction data. Answer yes or no."},
+        {
+            "role": "user",
+            "content": f"{_describe(inst)}Relation {what}.\nDoes the sentence itself state that the "
+            f'"{rel.name}" of "{inst.head_text}" is "{inst.tail_text}" (this direction, not the reverse)? '
+            "Answer yes or no.",
+        },
+    ]
+
+
+def parse_yes(text: str) -> bool | None:
+    """True for a reply that starts with yes, False for no, None otherwise."""
+    word = re.match(r"\W*(\w+)", text.lower())
+    return {"yes": True, "no": False}.get(word.group(1)) if word else None
+
+
 def parse_choice(text: str, n: int) -> int | None:
     """The 0-based option a reply to `verify_messages` picks among n letters (the first letter A.. standing
     alone), or None."""

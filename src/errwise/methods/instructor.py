@@ -32,7 +32,16 @@ from errwise.instructor.generate import BLOCK_KEYS, Verdict, make_backend, norma
 from errwise.lessons.bank import unit_rows
 from errwise.methods.errwise import Errwise
 from errwise.methods.protocol import TaskContext
-from errwise.prompts import VERIFY_NONE, Example, instructor_messages, parse_blocks, parse_choice, verify_messages
+from errwise.prompts import (
+    VERIFY_NONE,
+    Example,
+    instructor_messages,
+    parse_blocks,
+    parse_choice,
+    parse_yes,
+    statement_messages,
+    verify_messages,
+)
 
 
 def pick_errors(cases: list[tuple[RelationInstance, str]], n: int) -> list[tuple[RelationInstance, str]]:
@@ -99,8 +108,13 @@ def request_messages(request: Request, ic: InstructorConfig) -> list[dict[str, s
 
 
 def meaning_check(backend: ChatBackend, ic: InstructorConfig, inst: RelationInstance, gold: Relation, wrong: Relation):
-    """Ask the instructor which relation `inst` expresses among gold, wrong (in an order fixed by the sentence, so
-    position bias does not favour gold) and "none / swapped": None if it answers gold, else what it answered."""
+    """The instructor's check of a generated instance of `gold` (`ic.verify`): None if it passes, else what the
+    instructor answered. `choice`: which of gold, wrong (in an order fixed by the instance, so position bias does
+    not favour gold) and "none / swapped" it states; `statement`: yes or no to "the gold of head is tail"."""
+    if ic.verify == "statement":
+        reply = backend.chat(statement_messages(inst, gold), temperature=0.0, max_tokens=4, seed=ic.seed)
+        yes = parse_yes(reply.text)
+        return None if yes else ("no" if yes is False else f"no yes/no in {reply.text.strip()[:40]!r}")
     options = sorted([gold, wrong], key=lambda r: hashlib.sha1(f"{inst.uid}|{r.id}".encode()).hexdigest())
     reply = backend.chat(verify_messages(inst, options), temperature=0.0, max_tokens=8, seed=ic.seed)
     choice = parse_choice(reply.text, len(options) + 1)
@@ -132,7 +146,7 @@ def ask_instructor(
         for block in blocks[: ic.per_error] or [{"reply": reply.text}]:
             v = validate(block, gold, known, taken, f"{uid_prefix}/{x.uid}")
             answered = None
-            if v.instance is not None and ic.verify:
+            if v.instance is not None and ic.verify != "none":
                 answered = meaning_check(backend, ic, v.instance, gold, wrong)
                 if answered is not None:
                     v = Verdict(None, "meaning check")
