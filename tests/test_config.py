@@ -174,3 +174,15 @@ def test_a_run_folder_and_a_preset_together_are_a_one_line_error(tmp_path, capsy
     assert main(["run", str(tmp_path / "run"), str(tmp_path / "a.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert "pass one run folder to resume, or YAML presets only" in err and "\n" not in err
+
+
+def test_methods_lists_each_method_with_its_description_and_default_schedule(capsys):
+    from errwise.cli import main
+    from errwise.methods import METHODS
+
+    main(["methods"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(METHODS)
+    by_name = {line.split()[0]: line for line in lines}
+    assert "Experience replay" in by_name["replay"] and "consolidation round" not in by_name["replay"]
+    assert "consolidation round of 0.25" in by_name["errwise"]

@@ -116,10 +116,23 @@ def cmd_rescore(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
+    """Each registered method, the first line of its module's docstring, and its default schedule."""
+    import importlib
+
+    from errwise.config import METHOD_SCHEDULES
     from errwise.methods import METHODS
 
-    for name, _factory in METHODS.items():
-        print(name)
+    width = max(map(len, METHODS))
+    for name in METHODS:
+        try:
+            doc = (importlib.import_module(f"errwise.methods.{name}").__doc__ or "").strip().splitlines()[0]
+        except (ImportError, IndexError):
+            doc = ""
+        doc = doc.removeprefix(f"{name}: ")
+        share = METHOD_SCHEDULES.get(name)
+        if share:
+            doc += f" Default schedule: the memory in a consolidation round of {share:g} of each task's steps."
+        print(f"{name:<{width}}  {doc}".rstrip())
 
 
 _RUNTIME = ("model.device", "model.dtype")
