@@ -186,3 +186,14 @@ def test_methods_lists_each_method_with_its_description_and_default_schedule(cap
     by_name = {line.split()[0]: line for line in lines}
     assert "Experience replay" in by_name["replay"] and "consolidation round" not in by_name["replay"]
     assert "consolidation round of 0.25" in by_name["errwise"]
+
+
+def test_a_run_saved_when_instructor_verify_was_a_switch_loads(tmp_path):
+    from errwise.config import load_saved_config, save_yaml
+
+    save_yaml(RunConfig(method=MethodConfig(name="lessons")), tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    for old, new in ((False, "none"), (True, "choice")):
+        saved["instructor"]["verify"] = old
+        (tmp_path / "old.yaml").write_text(yaml.safe_dump(saved))
+        assert load_saved_config(tmp_path / "old.yaml").instructor.verify == new

@@ -492,7 +492,8 @@ def load_saved_config(path: str | Path) -> RunConfig:
       `errwise:`;
     - a saved config holds every key of its time, so a key it lacks did not exist yet. errwise.error_upsample is
       one whose default differs from what those runs did: errwise-based methods upsampled before it existed;
-      train.consolidate and train.defer_memory others: before they existed no run had a consolidation round.
+      train.consolidate and train.defer_memory others: before they existed no run had a consolidation round;
+    - instructor.verify was a yes/no switch for a few commits (2026-12-02): false is `none`, true `choice`.
     """
     d = load_yaml(path)
     method = d.get("method")
@@ -503,6 +504,9 @@ def load_saved_config(path: str | Path) -> RunConfig:
         if method.get("name") in ("errwise", "instructor", "lessons"):
             d["errwise"] = d.get("errwise") or {}
             d["errwise"].setdefault("error_upsample", True)
+    instructor = d.get("instructor")
+    if isinstance(instructor, dict) and isinstance(instructor.get("verify"), bool):
+        instructor["verify"] = "choice" if instructor["verify"] else "none"
     train = d.get("train")
     if isinstance(train, dict):  # before the method-dependent schedule (config.METHOD_SCHEDULES): none
         train.setdefault("consolidate", 0.0)
