@@ -19,17 +19,15 @@ from collections import Counter
 from pathlib import Path
 
 from errwise.config import InstructorConfig
-from errwise.data.types import Relation, RelationInstance
+from errwise.data.formats import read_relations
+from errwise.data.types import RelationInstance
 from errwise.instructor.generate import find_span, make_backend, normalise, tokenize
 from errwise.methods.instructor import meaning_check
 
 
 def accepted_blocks(run: Path):
     """(run name, instance, gold, wrong) for every block a run's instructor accepted, in the files' order."""
-    rels = {
-        k: Relation(k, v["name"], v.get("description", ""))
-        for k, v in json.loads((run / "relations.json").read_text()).items()
-    }
+    rels = read_relations(run / "relations.json")
     for path in sorted((run / "instructor").glob("task_*.jsonl")):
         for line in path.read_text().splitlines():
             row = json.loads(line)

@@ -103,10 +103,10 @@ def gguf_identity(path: Path) -> str:
             h.update(f.read())
         else:
             mib, chunk = 1 << 20, 64 << 10
-            offsets = [0] + [mib + k * (size - 2 * mib - chunk) // 31 for k in range(32)] + [size - mib]
-            for offset in offsets:
+            middle = [(mib + k * (size - 2 * mib - chunk) // 31, chunk) for k in range(32)]
+            for offset, length in [(0, mib), *middle, (size - mib, mib)]:
                 f.seek(offset)
-                h.update(f.read(mib if offset in (0, size - mib) else chunk))
+                h.update(f.read(length))
     return h.hexdigest()[:16]
 
 

@@ -168,12 +168,11 @@ def verify_messages(inst: RelationInstance, options: list[Relation]) -> list[dic
 def statement_messages(inst: RelationInstance, rel: Relation) -> list[dict[str, str]]:
     """The meaning check as one statement to confirm: does the sentence state that `rel`'s value for the head is
     the tail (the direction of a Wikidata property: the head is the subject)? Answered yes or no (`parse_yes`)."""
-    what = f'"{rel.name}"' + (f" ({rel.description})" if rel.description else "")
     return [
         {"role": "system", "content": "You check relation extraction data. Answer yes or no."},
         {
             "role": "user",
-            "content": f"{_describe(inst)}Relation {what}.\nDoes the sentence itself state that the "
+            "content": f"{_describe(inst)}Relation {_rel(rel)}.\nDoes the sentence itself state that the "
             f'"{rel.name}" of "{inst.head_text}" is "{inst.tail_text}" (this direction, not the reverse)? '
             "Answer yes or no.",
         },
