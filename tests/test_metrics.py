@@ -46,6 +46,12 @@ def test_backward_transfer_by_hand():
     assert metrics.backward_transfer(MATRIX) == pytest.approx(-0.15)
 
 
+def test_learning_accuracy_is_the_mean_of_the_diagonal():
+    # a00, a11, a22 = 0.5, 0.8, 0.95: mean 0.75; a task without test data (NaN on the diagonal) is skipped.
+    assert metrics.learning_accuracy(MATRIX) == pytest.approx(0.75)
+    assert metrics.learning_accuracy([[0.5], [0.1, math.nan], [0.3, 0.7, 0.9]]) == pytest.approx(0.7)
+
+
 def test_forgetting_excludes_the_last_row_from_the_maximum_and_may_be_negative():
     # j=0: max(0.5, 0.4) - 0.9 = -0.4; j=1: 0.6 - 0.7 = -0.1; mean -0.25.
     assert metrics.forgetting([[0.5], [0.4, 0.6], [0.9, 0.7, 0.8]]) == pytest.approx(-0.25)

@@ -201,6 +201,10 @@ def test_compare_table_pairs_runs_by_order(runs, tmp_path):
     cols = ["Forgetting", "Final", "Δ Final vs replay", "p (paired t)", "Paired orders", "Gap closed"]
     assert header[-6:] == cols
     assert table_rows(text, "replay")[0][-5:] == ["65.0±7.1", "(baseline)", "", "2", ""]
+    # Learning accuracy, the diagonal's mean: replay order 0 (1 + .9 + .8) / 3 = .9, order 1 (.9 + .9 + .7) / 3
+    # = .8333 -> 86.7±4.7; finetune's complete order 0: (1 + 1 + 1) / 3
+    assert header[-7] == "Learning" and table_rows(text, "replay")[0][-7] == "86.7±4.7"
+    assert table_rows(text, "finetune")[0][-7] == "100.0"
     assert table_rows(text, "finetune")[0][-5:] == ["36.7", "n/a", "n/a", "1", ""]  # one complete order
     assert table_rows(text, "errwise — incomplete (2/3 tasks)")[0][-5:] == ["80.0", "n/a", "n/a", "0", ""]
     # errwise finals .8 (order 0) and .65 (order 1) against replay's .7 and .6: d = [.1, .05],
@@ -222,6 +226,19 @@ def test_compare_table_pairs_runs_by_order(runs, tmp_path):
     assert table_rows(text, "joint")[0][-1] == "" and table_rows(text, "replay")[0][-1] == ""
     assert "Gap closed" in text.split("\n\n")[1]
     assert table_rows(compare_table([e0, j0, *runs[:2]]), "errwise")[0][-1] == "50 % (1)"  # order 0: .1 of .2
+
+
+def test_the_error_case_table_counts_consolidation_errors_that_answer_a_new_relation(tmp_path):
+    """After task 2 of order 0 (relations P2, P3 new; P0, P1 old) the memory answered again: P0 as P2 (a new
+    relation displacing an old one), P1 as P0 (an old confusion), P2 right. 2 wrong of 3, 1 to a new relation."""
+    run = fake_run(tmp_path, "e", "errwise", 0, REPLAY_0, wall=1)
+    (run / "error_cases").mkdir()
+    rows = [("P0", "P2"), ("P1", "P0"), ("P2", "P2")]
+    lines = [{"uid": f"{g}/1", "source": "memory", "gold": g, "pred": p, "correct": g == p} for g, p in rows]
+    (run / "error_cases" / "task_01_consolidation.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    text = compare_table([run])
+    assert table_rows(text, "errwise")[1][-1] == "2/3 (1 to new)"  # [0] is the accuracy table's row
+    assert "one of the task's new relations" in text
 
 
 def test_compare_plots_the_groups_side_by_side(runs, tmp_path, capsys):

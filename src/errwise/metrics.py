@@ -71,6 +71,13 @@ def backward_transfer(matrix: Sequence[Sequence[float]]) -> float:
     return _nanmean([matrix[last][j] - matrix[j][j] for j in range(last)])
 
 
+def learning_accuracy(matrix: Sequence[Sequence[float]]) -> float:
+    """Learning accuracy (Riemer et al., 2019, "Learning to learn without forgetting"): mean over tasks of the
+    accuracy on task j right after training it, a[j][j]. The plasticity side of forgetting: a method can forget
+    less by learning each new task less well, which final accuracy alone does not tell apart."""
+    return _nanmean([row[j] for j, row in enumerate(matrix)])
+
+
 def summary(seen: Sequence[float], matrix: Sequence[Sequence[float]]) -> dict[str, object]:
     """The accuracy figures of a run's summary.json."""
     return {

@@ -48,14 +48,18 @@ class RunResult:
     wall_seconds: float | None
     """From summary.json; None while the run is incomplete."""
     complete: bool
-    tasks_total: int
-    """Tasks in the stream (accuracy_matrix.json lists them all)."""
+    tasks: list[list[str]]
+    """Relation ids of each task of the stream, in order (accuracy_matrix.json lists them all)."""
     task_lines: list[dict]
     """The lines of metrics.jsonl."""
 
     @property
     def tasks_done(self) -> int:
         return len(self.seen_accuracy)
+
+    @property
+    def tasks_total(self) -> int:
+        return len(self.tasks)
 
     @property
     def order(self) -> int:
@@ -96,7 +100,7 @@ def load_run(path: Path) -> RunResult:
         relations={rid: r["name"] for rid, r in relations.items()},
         wall_seconds=summary["wall_seconds"] if summary else None,
         complete=summary is not None,
-        tasks_total=len(read_json(path / "accuracy_matrix.json")["tasks"]),
+        tasks=read_json(path / "accuracy_matrix.json")["tasks"],
         task_lines=lines,
     )
 
@@ -154,6 +158,8 @@ class GroupStats:
     final: tuple[float, float]
     forgetting: tuple[float, float]
     bwt: tuple[float, float]
+    learning: tuple[float, float]
+    """Learning accuracy: the accuracy on each task right after training it, mean over tasks (plasticity)."""
     matrix: np.ndarray
     """(T, T) mean accuracy matrix, NaN above the diagonal and where no run has a value."""
 
@@ -179,6 +185,7 @@ def group_stats(runs: Sequence[RunResult]) -> GroupStats:
         final=metrics.mean_std([metrics.final_accuracy(r.seen_accuracy) for r in used]),
         forgetting=metrics.mean_std([metrics.forgetting(r.matrix) for r in used]),
         bwt=metrics.mean_std([metrics.backward_transfer(r.matrix) for r in used]),
+        learning=metrics.mean_std([metrics.learning_accuracy(r.matrix) for r in used]),
         matrix=mean_matrix,
     )
 
@@ -302,7 +309,8 @@ def _compare(groups: dict[str, list[RunResult]], stats: dict[str, GroupStats], b
     joints = [label for label, runs in groups.items() if runs[0].label == "joint"]
     joint_final = _final_by_order(groups[joints[0]]) if base and len(joints) == 1 and joints[0] != base else {}
     n = max(len(st.seen) for st in stats.values())
-    header = ["Method", *(f"T{t + 1}" for t in range(n)), "Forgetting", "Final", f"Δ Final vs {base or baseline}"]
+    header = ["Method", *(f"T{t + 1}" for t in range(n)), "Learning", "Forgetting", "Final"]
+    header.append(f"Δ Final vs {base or baseline}")
     rows = []
     for label, st in stats.items():
         gap = ""
@@ -319,13 +327,14 @@ def _compare(groups: dict[str, list[RunResult]], stats: dict[str, GroupStats], b
             if joint_final and label != joints[0]:
                 gap = _gap_closed(final, base_final, joint_final)
         final_cell = pct(st.final, len(st.runs))
-        forget = pct(st.forgetting, len(st.runs))
-        rows.append([_row_label(label, st), *_seen_cells(st, n), forget, final_cell, delta, p, paired, gap])
+        forget, learning = pct(st.forgetting, len(st.runs)), pct(st.learning, len(st.runs))
+        rows.append([_row_label(label, st), *_seen_cells(st, n), learning, forget, final_cell, delta, p, paired, gap])
     note = (
         f"Δ: final accuracy minus {base or baseline}'s, in points, mean±std over task orders run by both "
         "(complete runs, paired by `data.order`); p: paired t-test over those orders; n/a with fewer than 2 "
-        "paired orders" + ("" if base else f" or, as here, without a `{baseline}` group") + ". Forgetting: "
-        "mean over old tasks of the drop from their best accuracy to their final one (docs/metrics.md)."
+        "paired orders" + ("" if base else f" or, as here, without a `{baseline}` group") + ". Learning: mean over "
+        "tasks of the accuracy on a task right after training it (plasticity); Forgetting: mean over old tasks of "
+        "the drop from their best accuracy to their final one (docs/metrics.md)."
     )
     if joint_final:
         note += (
@@ -364,8 +373,11 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
                 if rounds.is_file():  # the memory answered again after the first round (train.consolidate)
                     rows = [json.loads(line) for line in rounds.read_text().splitlines() if line.strip()]
                     acc["consolidation.cases"] = acc.get("consolidation.cases", 0) + len(rows)
-                    wrong = sum(not row["correct"] for row in rows)
-                    acc["consolidation.errors"] = acc.get("consolidation.errors", 0) + wrong
+                    wrong = [row for row in rows if not row["correct"]]
+                    acc["consolidation.errors"] = acc.get("consolidation.errors", 0) + len(wrong)
+                    new = set(r.tasks[t]) if t < len(r.tasks) else set()  # answered as one of the task's relations
+                    to_new = sum(w["pred"] in new for w in wrong)
+                    acc["consolidation.to_new"] = acc.get("consolidation.to_new", 0) + to_new
             if acc:
                 counts.append((label, t, acc))
     if not counts:
@@ -378,7 +390,7 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
         [label, f"T{t + 1}"]
         + [str(acc.get(f"{s}.{k}", 0)) for s in sources for k in ("initial_errors", "fixed")]
         + [str(sum(acc.get(f"{s}.new_errors", 0) for s in sources))]
-        + ([f"{acc.get('consolidation.errors', 0)}/{acc.get('consolidation.cases', 0)}"] if rounds else [])
+        + ([_consolidation_cell(acc)] if rounds else [])
         for label, t, acc in counts
     ]
     header = ["Method", "Task"] + [f"{s.capitalize()} {k}" for s in sources for k in ("errors", "fixed")]
@@ -391,11 +403,17 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
         "(`errwise.probe_per_relation`)."
         + (
             " Consolidation errors: wrong answers of the memory of every seen relation after the first round "
-            "(`train.consolidate`), of the memory instances answered."
+            "(`train.consolidate`), of the memory instances answered; in brackets, how many of them answered one "
+            "of the task's new relations (an old relation displaced by a new one)."
             if rounds
             else ""
         )
     )
+
+
+def _consolidation_cell(acc: dict[str, int]) -> str:
+    errors, cases = acc.get("consolidation.errors", 0), acc.get("consolidation.cases", 0)
+    return f"{errors}/{cases} ({acc.get('consolidation.to_new', 0)} to new)" if cases else "0/0"
 
 
 def helper_cost_table(groups: dict[str, list[RunResult]]) -> str:
