@@ -227,11 +227,12 @@ def _seen_cells(st: GroupStats, n: int) -> list[str]:
 
 def results_table(stats: dict[str, GroupStats]) -> str:
     n = max(len(st.seen) for st in stats.values())
-    header = ["Method", *(f"T{t + 1}" for t in range(n)), "Average", "Final", "Forgetting", "BWT", "#orders"]
+    header = ["Method", *(f"T{t + 1}" for t in range(n)), "Average", "Final", "Forgetting", "BWT", "Learning"]
+    header.append("#orders")
     rows = []
     for label, st in stats.items():
         k = len(st.runs)
-        summary = [pct(st.average, k), pct(st.final, k), pct(st.forgetting, k), pct(st.bwt, k)]
+        summary = [pct(st.average, k), pct(st.final, k), pct(st.forgetting, k), pct(st.bwt, k), pct(st.learning, k)]
         orders = str(len({r.order for r in st.runs}))
         wall = duration(sum(r.seconds for r in st.runs) / k)
         rows.append([_row_label(label, st), *_seen_cells(st, n), *summary, orders, wall])
@@ -562,7 +563,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, ignore: Sequence[str] 
         "## Accuracy on all seen relations (%)",
         "Mean±std over the complete runs of each group (runs differing only in `data.order` and "
         "`train.seed`). Average: mean over tasks; Final: after the last task; Forgetting (Chaudhry et al., "
-        "2018) and BWT (Lopez-Paz & Ranzato, 2017) in points; Wall/run: mean wall time of a run.",
+        "2018) and BWT (Lopez-Paz & Ranzato, 2017) in points; Learning: the accuracy on each task right after "
+        "training it, mean over tasks (Riemer et al., 2019); Wall/run: mean wall time of a run.",
         results_table(stats),
         "![Seen-relation accuracy after each task](seen_accuracy.png)",
         "## Accuracy matrix (group mean, %)",
