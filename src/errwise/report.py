@@ -227,8 +227,16 @@ def _seen_cells(st: GroupStats, n: int) -> list[str]:
 
 def results_table(stats: dict[str, GroupStats]) -> str:
     n = max(len(st.seen) for st in stats.values())
-    header = ["Method", *(f"T{t + 1}" for t in range(n)), "Average", "Final", "Forgetting", "BWT", "Learning"]
-    header.append("#orders")
+    header = [
+        "Method",
+        *(f"T{t + 1}" for t in range(n)),
+        "Average",
+        "Final",
+        "Forgetting",
+        "BWT",
+        "Learning",
+        "#orders",
+    ]
     rows = []
     for label, st in stats.items():
         k = len(st.runs)
@@ -310,8 +318,14 @@ def _compare(groups: dict[str, list[RunResult]], stats: dict[str, GroupStats], b
     joints = [label for label, runs in groups.items() if runs[0].label == "joint"]
     joint_final = _final_by_order(groups[joints[0]]) if base and len(joints) == 1 and joints[0] != base else {}
     n = max(len(st.seen) for st in stats.values())
-    header = ["Method", *(f"T{t + 1}" for t in range(n)), "Learning", "Forgetting", "Final"]
-    header.append(f"Δ Final vs {base or baseline}")
+    header = [
+        "Method",
+        *(f"T{t + 1}" for t in range(n)),
+        "Learning",
+        "Forgetting",
+        "Final",
+        f"Δ Final vs {base or baseline}",
+    ]
     rows = []
     for label, st in stats.items():
         gap = ""
@@ -376,8 +390,7 @@ def error_case_table(groups: dict[str, list[RunResult]]) -> str:
                     acc["consolidation.cases"] = acc.get("consolidation.cases", 0) + len(rows)
                     wrong = [row for row in rows if not row["correct"]]
                     acc["consolidation.errors"] = acc.get("consolidation.errors", 0) + len(wrong)
-                    new = set(r.tasks[t]) if t < len(r.tasks) else set()  # answered as one of the task's relations
-                    to_new = sum(w["pred"] in new for w in wrong)
+                    to_new = sum(w["pred"] in r.tasks[t] for w in wrong)  # answered as one of the task's relations
                     acc["consolidation.to_new"] = acc.get("consolidation.to_new", 0) + to_new
             if acc:
                 counts.append((label, t, acc))
