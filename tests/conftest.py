@@ -8,6 +8,7 @@ Nothing is downloaded; building the model takes well under a second, starting th
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -91,6 +92,7 @@ def tiny(tiny_model_dir):
 
 # ---- a real OpenAI-compatible server on loopback: `transformers serve` on the tiny model (instructor tests) ----
 
+SERVED_CONTEXT = 4096  # tokens, prompt and answer: the instructor tests' longest request fits
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
@@ -158,6 +160,12 @@ def instructor_server(tiny_model_dir, tmp_path_factory) -> Iterator[ServeProcess
     root = tmp_path_factory.mktemp("serve")
     model_dir = shutil.copytree(tiny_model_dir, root / "tiny-chat")
     (model_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    # The instructor's prompts run to ~1,300 tokens of the tiny tokenizer: the served copy declares a context that
+    # holds them, since `transformers serve` (>= 5.25) refuses a request longer than the model's context. RoPE's
+    # frequencies do not depend on this number, so the weights mean the same.
+    config = json.loads((model_dir / "config.json").read_text())
+    config["max_position_embeddings"] = SERVED_CONTEXT
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
     port = free_port()
     # A pinned server accepts only the exact FORCE_MODEL string as the model name (else HTTP 400).
     cmd = [sys.executable, "-c", "from transformers.cli.transformers import main; main()", "serve", str(model_dir)]
