@@ -248,3 +248,23 @@ def test_compare_plots_the_groups_side_by_side(runs, tmp_path, capsys):
     assert main(["compare", *map(str, runs), "--plot", str(out)]) == 0
     assert out.read_bytes().startswith(PNG_MAGIC)
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_compare_names_the_environment_fields_that_differ(tmp_path):
+    root = tmp_path / "runs"
+    a = fake_run(root, "replay-0", "replay", 0, REPLAY_0, wall=120)
+    b = fake_run(root, "replay-1", "replay", 1, REPLAY_1, wall=180)
+    c = fake_run(root, "finetune-0", "finetune", 0, FINETUNE_0, wall=90)
+    env = {"from_task": 0, "transformers": "5.25.0", "tokenizer": "aaaa", "dtype": "bfloat16", "threads": 1}
+    for path, changes in ((a, {}), (b, {"transformers": "5.24.0", "tokenizer": "bbbb"})):
+        (path / "environment.jsonl").write_text(json.dumps({**env, **changes}) + "\n")
+    unrecorded = compare_table([a, c])  # one side unrecorded: said, and no field set against nothing
+    assert "not recorded (runs from before errwise recorded it): finetune order 0" in unrecorded
+    assert "transformers:" not in unrecorded
+    out = compare_table([a, b, c])
+    assert "transformers: 5.25.0 (replay order 0) | 5.24.0 (replay order 1)" in out
+    assert "tokenizer: aaaa (replay order 0) | bbbb (replay order 1)" in out
+    assert "not recorded (runs from before errwise recorded it): finetune order 0" in out
+    assert "dtype:" not in out and "threads:" not in out  # the fields that agree are not named
+    (b / "environment.jsonl").write_text(json.dumps(env) + "\n")
+    assert "transformers:" not in compare_table([a, b])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
 
 import pytest
+import torch
+import transformers
 
 from errwise.cli import main
 from errwise.config import (
@@ -408,6 +411,14 @@ def test_resume_after_a_kill_gives_the_same_numbers(tiny_model_dir, tmp_path):
     a, b = read_jsonl(full / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
     assert [r["accuracy_row"] for r in a] == [r["accuracy_row"] for r in b]
     assert [round(r["train_loss"], 5) for r in a] == [round(r["train_loss"], 5) for r in b]
+    # Each start of the run recorded its environment: the fresh start from task 0, the resume from where it was.
+    starts = read_jsonl(killed / "environment.jsonl")
+    assert [e["from_task"] for e in starts] == [0, len(done)]
+    assert starts[0]["transformers"] == transformers.__version__ and starts[0]["torch"] == torch.__version__
+    weights = hashlib.sha256(b"model.safetensors\0" + (tiny_model_dir / "model.safetensors").read_bytes())
+    assert starts[0]["model_weights"] == weights.hexdigest()[:16]
+    assert starts[0]["tokenizer"] is not None and starts[0]["converted_by"] is None  # a folder, not a GGUF
+    assert starts[0]["dtype"] == "float32" and starts[0]["threads"] >= 1
 
 
 def test_eval_split_val_scores_the_validation_instances(tiny_model_dir, tmp_path):

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import inspect
 import itertools
+import json
 import os
 import re
 import shutil
@@ -23,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache
 
+from errwise.environment import CONVERSION_FILE
 from errwise.errors import ErrwiseError
 
 OFFLINE_MODEL = "smollm2-135m-offline"
@@ -137,6 +140,11 @@ def gguf_folder(path: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    # Which file and which transformers made this folder: another version may convert the tokenizer differently,
+    # and every run records this (environment.jsonl).
+    (tmp / CONVERSION_FILE).write_text(
+        json.dumps({"gguf": path.name, "gguf_identity": gguf_identity(path), "transformers": transformers.__version__})
+    )
     try:
         tmp.rename(target)  # atomic: an interrupted conversion never leaves a half-written cache
     except OSError:  # another process converted the same file first

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from errwise import metrics
+from errwise import environment, metrics
 from errwise.config import load_saved_config, to_dict
 from errwise.data.formats import read_json
 from errwise.errors import ErrwiseError
@@ -52,6 +52,8 @@ class RunResult:
     """Relation ids of each task of the stream, in order (accuracy_matrix.json lists them all)."""
     task_lines: list[dict]
     """The lines of metrics.jsonl."""
+    environment: list[dict]
+    """The lines of environment.jsonl, one per start of the run ([] for runs from before it was recorded)."""
 
     @property
     def tasks_done(self) -> int:
@@ -102,6 +104,7 @@ def load_run(path: Path) -> RunResult:
         complete=summary is not None,
         tasks=read_json(path / "accuracy_matrix.json")["tasks"],
         task_lines=lines,
+        environment=environment.read(path),
     )
 
 
@@ -461,6 +464,18 @@ def helper_cost_table(groups: dict[str, list[RunResult]]) -> str:
     return "### Instructor / distiller cost (summed over orders and tasks)\n\n" + table
 
 
+def environment_note(groups: dict[str, list[RunResult]]) -> str:
+    """Where the compared runs come from different environments (versions, model bytes, dtype, threads, CPU), the
+    fields that differ and which runs had each value; "" where they agree."""
+    runs = [(label, r.order, r.environment) for label, g in groups.items() for r in g]
+    diffs = environment.differences(runs)
+    if not diffs:
+        return ""
+    return "### Environments differ\n\nThese rows were not all made in one environment:\n\n" + "\n".join(
+        f"- {d}" for d in diffs
+    )
+
+
 def compare_table(
     run_dirs: Sequence[Path], baseline: str = "replay", ignore: Sequence[str] = (), plot: Path | None = None
 ) -> str:
@@ -474,7 +489,7 @@ def compare_table(
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         plot_seen_accuracy(stats, Path(plot))
     table = _compare(groups, stats, baseline)
-    extra = [t for t in (error_case_table(groups), helper_cost_table(groups)) if t]
+    extra = [t for t in (error_case_table(groups), helper_cost_table(groups), environment_note(groups)) if t]
     return "\n\n".join([table, *extra])
 
 
@@ -588,6 +603,8 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, ignore: Sequence[str] 
     if len(groups) > 1 and sum(g[0].label == "replay" for g in groups.values()) == 1:
         parts += ["## Compared with replay", _compare(groups, stats, "replay")]
     parts += ["## Runs", runs_table(groups, out_dir)]
+    if note := environment_note(groups):
+        parts += [note]
     parts += ["## Most frequent confusions (gold → predicted)", "Predictions after each run's last task."]
     parts += [confusions_section(label, st) for label, st in stats.items()]
     parts += ["## Time per phase (seconds per run, summed over tasks)", phases_table(stats)]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from errwise import distributed, metrics
+from errwise import distributed, environment, metrics
 from errwise.config import RunConfig, load_saved_config, save_yaml, to_dict
 from errwise.data.formats import load_corpus
 from errwise.data.stream import build_stream
@@ -30,7 +30,7 @@ from errwise.errors import ErrwiseError
 from errwise.evaluate import embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
-from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, save_checkpoint
+from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path, save_checkpoint
 from errwise.rundir import (
     append_line,
     atomic_write,
@@ -147,6 +147,9 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     device = ddp_device or pick_device(cfg.model.device)
     seed_everything(cfg.train.seed)
     model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None)
+    if main:
+        env = environment.collect(resolve_model_path(cfg.model.name), model, device)
+        append_line(run_dir / "environment.jsonl", {"from_task": len(done), **env})
     memory = load_memory(run_dir, stream, len(done))
     matrix = [row["accuracy_row"] for row in done]
     start_time = time.time() - sum(row["seconds"] for row in done)
