@@ -29,7 +29,6 @@ from errwise.run import (
     _write_json,
     completed_tasks,
     eval_instances,
-    eval_subsample,
     load_run_model,
     make_stream,
     predict_with,
@@ -55,7 +54,9 @@ def rescore_config(
         path=data_path or cfg.data.path,
     )
     return dataclasses.replace(
-        cfg, data=data, eval=dataclasses.replace(cfg.eval, split=split, search=search or cfg.eval.search)
+        cfg,
+        data=data,
+        eval=dataclasses.replace(cfg.eval, split=split, search=search or cfg.eval.search, intermediate_test=None),
     )
 
 
@@ -120,8 +121,7 @@ def rescore(
         # a fresh model per checkpoint (loading the cached base weights takes about a second)
         model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{i:02d}")
         seen = tuple(stream.relation(r) for r in stream.seen_relations(i))
-        subsampled = eval_subsample(cfg, stream, i)  # the run's eval.intermediate_test, as the run evaluated
-        test = eval_instances(stream, i, split, subsampled)
+        test = eval_instances(stream, i, split)
         preds = predict_with(cfg, model, tok, test, seen, desc=f"T{i + 1} rescore")
         rows = prediction_rows(test, preds, task_of)
         row = metrics.accuracy_row(rows, i + 1)
@@ -131,7 +131,7 @@ def rescore(
             "seen_accuracy": metrics.seen_accuracy(rows),
             "accuracy_row": row,
             "n_test": len(rows),
-            "eval_subsample": subsampled,
+            "eval_subsample": None,  # every task on all its instances (rescore_config drops eval.intermediate_test)
             "rescored_from": str(run_dir),
             "rescore_seconds": time.time() - t0,
         }

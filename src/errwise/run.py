@@ -76,7 +76,8 @@ def make_stream(cfg: RunConfig) -> TaskStream:
 
 def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{Path(cfg.data.dataset).stem}-{cfg.method.name}-order{cfg.data.order}-{stamp}"
+    name = Path(cfg.data.dataset).stem + ("-fcre" if cfg.data.split == "fcre" else "")
+    return Path("runs") / f"{name}-{cfg.method.name}-order{cfg.data.order}-{stamp}"
 
 
 def resume_config(run_dir: Path) -> RunConfig:
