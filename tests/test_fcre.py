@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import REPO, SHARED
 from errwise.cli import main
 from errwise.config import DataConfig, EvalConfig, RunConfig, from_dict, load_yaml, to_dict
 from errwise.data.formats import load_fcre
@@ -25,8 +26,7 @@ from errwise.data.stream import fcre_order, fcre_stream, subsample
 from errwise.errors import ErrwiseError
 from errwise.run import eval_instances, make_stream
 
-REPO = Path(__file__).resolve().parents[1]
-FCRE = REPO.parent / "shared" / "data" / "fcre" / "fewrel"
+FCRE = SHARED / "fcre" / "fewrel"
 TACRED = Path(__file__).resolve().parent / "fixtures" / "fcre_tacred"
 
 # ../shared/data/fcre/README.md: the order of each seed, as published.
