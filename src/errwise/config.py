@@ -37,24 +37,56 @@ def _check(cond: bool, msg: str) -> None:
 class DataConfig:
     """The dataset and its continual protocol: task order, relations per task, split sizes (docs/data.md)."""
 
-    dataset: str = _f("builtin", "`builtin` (shipped, offline), `fewrel`, `tacred`, or a path to a data file.")
-    path: str | None = _f(None, "Folder or file holding the dataset (FewRel/TACRED official files).")
-    order: int = _f(0, "Task order index; order i shuffles relations with seed 2021 + 100*i (CRE standard).")
+    dataset: str = _f(
+        "builtin",
+        "`builtin` (shipped, offline), `fewrel`, `tacred`, or a path to a data file; with split fcre, `fewrel` or "
+        "`tacred` names the FCRE files in data.path.",
+    )
+    path: str | None = _f(
+        None,
+        "Folder or file holding the dataset (FewRel/TACRED official files; split fcre: the FCRE dataset folder, "
+        "holding relation_name.txt, rel_index.npy, 5shot/, 10shot/).",
+    )
+    order: int = _f(
+        0,
+        "Task order index; order i shuffles relations with seed 2021 + 100*i (CRE standard); split fcre: run i of "
+        "SCKD/CPL, seed 100*(i+1) (orders 0-5 = seeds 100-600).",
+    )
     num_tasks: int | None = _f(None, "Number of tasks to run (None = all tasks of the order).")
-    relations_per_task: int = _f(4, "New relations per task (FewRel 8, TACRED 4).")
-    split: str = _f("fewrel", "`fewrel`: fixed train/val/test counts; `tacred`: test = len//5 capped.")
-    train_size: int = _f(16, "Training instances per relation in the split (FewRel 420; TACRED cap 320).")
-    val_size: int = _f(0, "Validation instances per relation (FewRel 140).")
-    test_size: int = _f(10, "Test instances per relation (FewRel 140; TACRED cap 40).")
+    relations_per_task: int = _f(
+        4, "New relations per task (FewRel 8, TACRED 4; split fcre: unused, the files' clusters)."
+    )
+    split: str = _f(
+        "fewrel",
+        "`fewrel`: fixed train/val/test counts; `tacred`: test = len//5 capped; `fcre`: the few-shot CRE protocol, "
+        "split and tasks read from the FCRE files (docs/data.md).",
+    )
+    train_size: int = _f(16, "Training instances per relation in the split (FewRel 420; TACRED cap 320; fcre: unused).")
+    val_size: int = _f(
+        0,
+        "Validation instances per relation (FewRel 140); split fcre: the last N of each relation's training "
+        "instances, held out of training (0 = the published protocol).",
+    )
+    test_size: int = _f(10, "Test instances per relation (FewRel 140; TACRED cap 40; fcre: unused).")
     max_train: int | None = _f(None, "Keep only the first N training instances per relation (reduced setting).")
     max_test: int | None = _f(None, "Keep only the first N test instances per relation (reduced setting).")
     max_val: int | None = _f(None, "Keep only the first N validation instances per relation (reduced setting).")
-    split_seed: int | None = _f(None, "Seed of the per-relation split (None = 2021 + 100*order, as CRE codebases).")
+    split_seed: int | None = _f(
+        None, "Seed of the per-relation split (None = 2021 + 100*order, as CRE codebases; fcre: unused)."
+    )
+    shots: int | None = _f(None, "split fcre: K, the training instances per relation after task 1 (5 or 10).")
+    order_seed: int | None = _f(
+        None,
+        "split fcre: the seed that draws the task order, 100*(order+1), filled in from data.order and saved in the "
+        "run's config.yaml (choose the run with data.order); null with the other splits.",
+    )
 
     def __post_init__(self) -> None:
         _check(self.order >= 0, f"data.order must be >= 0, got {self.order}")
         _check(self.relations_per_task > 0, "data.relations_per_task must be > 0")
-        _check(self.split in ("fewrel", "tacred"), f"data.split must be fewrel or tacred, got {self.split!r}")
+        _check(
+            self.split in ("fewrel", "tacred", "fcre"), f"data.split must be fewrel, tacred or fcre, got {self.split!r}"
+        )
         _check(self.num_tasks is None or self.num_tasks > 0, "data.num_tasks must be > 0")
         _check(self.train_size > 0, f"data.train_size must be > 0, got {self.train_size}")
         _check(self.val_size >= 0, f"data.val_size must be >= 0, got {self.val_size}")
@@ -63,6 +95,25 @@ class DataConfig:
             value = getattr(self, name)
             _check(value is None or value > 0, f"data.{name} must be > 0 (or null for all), got {value}")
         _check(self.split_seed is None or self.split_seed >= 0, f"data.split_seed must be >= 0, got {self.split_seed}")
+        if self.split != "fcre":
+            _check(self.shots is None, "data.shots is for split fcre; leave it null")
+            _check(self.order_seed is None, "data.order_seed is for split fcre; the standard order i uses 2021 + 100*i")
+            return
+        _check(
+            self.dataset in ("fewrel", "tacred"),
+            f"data.split fcre reads the FCRE files of fewrel or tacred: set data.dataset to one, got {self.dataset!r}",
+        )
+        _check(
+            self.shots is not None and self.shots > 0, f"data.split fcre needs data.shots (5 or 10), got {self.shots}"
+        )
+        _check(self.split_seed is None, "data.split_seed has no use with split fcre: the files fix the split")
+        seed = 100 * (self.order + 1)  # stream.fcre_seed
+        _check(
+            self.order_seed in (None, seed),
+            f"data.order_seed {self.order_seed} is not the seed of data.order {self.order} (100*(order+1) = {seed}); "
+            "choose the run with data.order (orders 0-5 = seeds 100-600)",
+        )
+        object.__setattr__(self, "order_seed", seed)  # saved in config.yaml: the run says which seed it is
 
 
 @dataclass(frozen=True)
@@ -324,6 +375,13 @@ class EvalConfig:
     list_candidates: bool = _f(False, "List the candidate relations in the prompt (results: docs/results.md).")
     score: str = _f("sum", "Candidate score: `sum` of label-token log-probs (+ end token) or length-`mean`.")
     split: str = _f("test", "Evaluate on `test`, or on `val` to choose hyperparameters without the test set.")
+    intermediate_test: int | None = _f(
+        None,
+        "Test instances per relation evaluated after every task but the last (eval.split test): a fixed subsample "
+        "(the same in every run), to save time on large test sets; the last task is always evaluated on the full "
+        "test set; null = all. "
+        "metrics.jsonl records it as eval_subsample.",
+    )
     search: str = _f(
         "exact",
         "`exact`: the best label by full scoring; `first_token`: ranked by the first label token, shared first "
@@ -334,6 +392,8 @@ class EvalConfig:
         _check(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
         _check(self.score in ("sum", "mean"), f"eval.score must be sum or mean, got {self.score!r}")
         _check(self.split in ("test", "val"), f"eval.split must be test or val, got {self.split!r}")
+        n = self.intermediate_test
+        _check(n is None or n > 0, f"eval.intermediate_test must be > 0 (or null for all), got {n}")
         _check(
             self.search in ("exact", "first_token"), f"eval.search must be exact or first_token, got {self.search!r}"
         )

@@ -30,7 +30,7 @@ from errwise.rundir import completed_tasks
 
 # Keys that vary between the runs averaged into one group (the task order is the point of averaging).
 # Keys that vary between repetitions of one experiment (or between machines), not between experiments.
-RUN_KEYS = ("data.order", "train.seed", "output_dir", "data.path", "model.device", "report_to")
+RUN_KEYS = ("data.order", "data.order_seed", "train.seed", "output_dir", "data.path", "model.device", "report_to")
 
 
 @dataclass(frozen=True)
@@ -489,7 +489,9 @@ def compare_table(
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
         plot_seen_accuracy(stats, Path(plot))
     table = _compare(groups, stats, baseline)
-    extra = [t for t in (error_case_table(groups), helper_cost_table(groups), environment_note(groups)) if t]
+    runs = [r for g in groups.values() for r in g]
+    extra = [subsample_note(runs), error_case_table(groups), helper_cost_table(groups), environment_note(groups)]
+    extra = [t for t in extra if t]
     return "\n\n".join([table, *extra])
 
 
@@ -548,6 +550,20 @@ def plot_accuracy_matrix(stats: dict[str, GroupStats], path: Path) -> None:
 # --- the report -----------------------------------------------------------------------------------------
 
 
+def subsample_note(runs: Sequence[RunResult]) -> str:
+    """A note when some runs evaluated the tasks before their last on a subsample (eval.intermediate_test), else ""."""
+    sizes = {line["eval_subsample"] for r in runs for line in r.task_lines if line.get("eval_subsample")}
+    if not sizes:
+        return ""
+    n = sum(any(line.get("eval_subsample") for line in r.task_lines) for r in runs)
+    return (
+        f"Note: {n} of {len(runs)} runs evaluated the tasks before their last on a fixed subsample of "
+        f"{', '.join(map(str, sorted(sizes)))} test instances per relation (`eval.intermediate_test`): their "
+        "accuracies before the last task, and Average, Forgetting, BWT and Learning, which use them, are estimates "
+        "on fewer instances; Final is on the full test set (metrics.jsonl: n_test, eval_subsample)."
+    )
+
+
 def _load_all(run_dirs: Sequence[Path]) -> list[RunResult]:
     unique: dict[Path, Path] = {}
     for p in run_dirs:  # a folder passed twice (`runs/a runs/a/`) counts once
@@ -579,11 +595,16 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, ignore: Sequence[str] 
     def distinct(section: str, key: str) -> str:
         return ", ".join(dict.fromkeys(str(r.config[section][key]) for r in runs))
 
+    def stream(d: dict) -> str:
+        if d["split"] == "fcre":
+            return f"{d['dataset']}, few-shot protocol (FCRE), {d['shots']}-shot"
+        return f"{d['dataset']}, {d['relations_per_task']} relations/task"
+
     dirs = shell_runs(run_dirs)
     n_runs = len(runs)
     parts = [
         "# errwise report",
-        f"- Dataset: {distinct('data', 'dataset')}, {distinct('data', 'relations_per_task')} relations/task\n"
+        f"- Dataset: {'; '.join(dict.fromkeys(stream(r.config['data']) for r in runs))}\n"
         f"- Model: {distinct('model', 'name')}\n"
         f"- Runs: {n_runs} in {len(groups)} group{'s' if len(groups) > 1 else ''}"
         f" ({sum(r.complete for r in runs)} complete)\n"
@@ -594,6 +615,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path, ignore: Sequence[str] 
         "2018) and BWT (Lopez-Paz & Ranzato, 2017) in points; Learning: the accuracy on each task right after "
         "training it, mean over tasks (Riemer et al., 2019); Wall/run: mean wall time of a run.",
         results_table(stats),
+        *[note for note in [subsample_note(runs)] if note],
         "![Seen-relation accuracy after each task](seen_accuracy.png)",
         "## Accuracy matrix (group mean, %)",
         "Row i: after training task i; column j: accuracy on task j's test data. The diagonal is how well a "

@@ -54,7 +54,9 @@ def rescore_config(
         path=data_path or cfg.data.path,
     )
     return dataclasses.replace(
-        cfg, data=data, eval=dataclasses.replace(cfg.eval, split=split, search=search or cfg.eval.search)
+        cfg,
+        data=data,
+        eval=dataclasses.replace(cfg.eval, split=split, search=search or cfg.eval.search, intermediate_test=None),
     )
 
 
@@ -129,6 +131,7 @@ def rescore(
             "seen_accuracy": metrics.seen_accuracy(rows),
             "accuracy_row": row,
             "n_test": len(rows),
+            "eval_subsample": None,  # every task on all its instances (rescore_config drops eval.intermediate_test)
             "rescored_from": str(run_dir),
             "rescore_seconds": time.time() - t0,
         }

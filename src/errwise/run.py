@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from errwise import distributed, environment, metrics
 from errwise.config import RunConfig, load_saved_config, save_yaml, to_dict
-from errwise.data.formats import load_corpus
-from errwise.data.stream import build_stream
+from errwise.data.formats import load_corpus, load_fcre
+from errwise.data.stream import build_stream, fcre_stream, subsample
 from errwise.data.types import RelationInstance, TaskStream
 from errwise.errors import ErrwiseError
 from errwise.evaluate import embed, predict
@@ -46,6 +46,17 @@ from errwise.train import TrainStats, step_budget, train
 
 def make_stream(cfg: RunConfig) -> TaskStream:
     d = cfg.data
+    if d.split == "fcre":  # the few-shot files fix the split and the tasks
+        return fcre_stream(
+            load_fcre(d.path, d.shots),
+            order=d.order,
+            seed=d.order_seed,
+            num_tasks=d.num_tasks,
+            val_size=d.val_size,
+            max_train=d.max_train,
+            max_val=d.max_val,
+            max_test=d.max_test,
+        )
     corpus = load_corpus(d.dataset, d.path)
     return build_stream(
         corpus,
@@ -65,7 +76,8 @@ def make_stream(cfg: RunConfig) -> TaskStream:
 
 def default_run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{Path(cfg.data.dataset).stem}-{cfg.method.name}-order{cfg.data.order}-{stamp}"
+    name = Path(cfg.data.dataset).stem + ("-fcre" if cfg.data.split == "fcre" else "")
+    return Path("runs") / f"{name}-{cfg.method.name}-order{cfg.data.order}-{stamp}"
 
 
 def resume_config(run_dir: Path) -> RunConfig:
@@ -179,7 +191,8 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
             method.end_task(ctx)
         row = metrics.accuracy_row(rows, task.index + 1)
         matrix.append(row)
-        line = metrics_line(task, rows, row, stats, consolidation, time.time() - t0, phases)
+        subsampled = eval_subsample(cfg, stream, task.index)
+        line = metrics_line(task, rows, row, stats, consolidation, time.time() - t0, phases, subsampled)
         if main:
             persist(cfg, run_dir, stream, task, model, memory, rows, matrix, line)
             log_task(stream, task, line, stats)
@@ -212,7 +225,7 @@ def check_eval_split(cfg: RunConfig, stream: TaskStream) -> None:
     if cfg.eval.split == "val" and not any(t.val for t in stream.tasks):
         raise ErrwiseError(
             f"eval.split is val but the {cfg.data.split} split of {cfg.data.dataset} holds no validation "
-            "instances; set data.val_size > 0 (fewrel split) or evaluate with eval.split test"
+            "instances; set data.val_size > 0 (fewrel or fcre split) or evaluate with eval.split test"
         )
 
 
@@ -332,18 +345,28 @@ def evaluate_phase(cfg: RunConfig, ctx: TaskContext) -> list[dict]:
     """Predictions on every seen task's test (or validation) instances: the rows of predictions/task_XX.jsonl."""
     stream, task = ctx.stream, ctx.task
     task_of = {r: t.index for t in stream.tasks for r in t.relations}
-    test = eval_instances(stream, task.index, cfg.eval.split)
+    test = eval_instances(stream, task.index, cfg.eval.split, eval_subsample(cfg, stream, task.index))
     return prediction_rows(test, ctx.predict(test, desc=f"T{task.index + 1} eval"), task_of)
 
 
-def metrics_line(task, rows, row, stats: TrainStats, consolidation: TrainStats | None, seconds, phases) -> dict:
-    """The task's line of metrics.jsonl."""
+def eval_subsample(cfg: RunConfig, stream: TaskStream, task_index: int) -> int | None:
+    """Test instances per relation evaluated after task `task_index`: eval.intermediate_test before the last task,
+    None (all) after it and on the validation split."""
+    last = task_index == len(stream.tasks) - 1
+    return None if last or cfg.eval.split != "test" else cfg.eval.intermediate_test
+
+
+def metrics_line(
+    task, rows, row, stats: TrainStats, consolidation: TrainStats | None, seconds, phases, subsampled=None
+) -> dict:
+    """The task's line of metrics.jsonl; `subsampled`: the eval_subsample the rows were predicted with."""
     return {
         "task": task.index,
         "relations": list(task.relations),
         "seen_accuracy": metrics.seen_accuracy(rows),
         "accuracy_row": row,
         "n_test": len(rows),
+        "eval_subsample": subsampled,
         "train_steps": stats.steps + (consolidation.steps if consolidation else 0),
         "train_examples": stats.examples,
         "train_tokens": stats.tokens + (consolidation.tokens if consolidation else 0),
@@ -416,10 +439,13 @@ def write_task_results(
     append_line(run_dir / "metrics.jsonl", line)
 
 
-def eval_instances(stream: TaskStream, task_index: int, split: str) -> list[RelationInstance]:
+def eval_instances(
+    stream: TaskStream, task_index: int, split: str, per_relation: int | None = None
+) -> list[RelationInstance]:
     """What is evaluated after task `task_index`: the test instances of every seen task (`val`: their
-    validation instances instead)."""
-    return [x for t in stream.tasks[: task_index + 1] for x in (t.val if split == "val" else t.test)]
+    validation instances instead); `per_relation`: a fixed subsample of that many per relation (stream.subsample)."""
+    xs = [x for t in stream.tasks[: task_index + 1] for x in (t.val if split == "val" else t.test)]
+    return xs if per_relation is None else subsample(xs, per_relation)
 
 
 def prediction_rows(instances: list[RelationInstance], preds: list[str], task_of: dict[str, int]) -> list[dict]:

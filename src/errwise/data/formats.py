@@ -1,7 +1,8 @@
 """Loaders: each external format becomes a `Corpus` here, at the edge; nothing downstream knows file formats.
 
 Supported: official FewRel JSON, official TACRED JSON, the entity-marker JSON of the CRE codebases, and
-errwise JSONL for a user's own data. `load_corpus` is the one entry point. Every problem in a file is one
+errwise JSONL for a user's own data, through `load_corpus`, the one entry point for a `Corpus`; and the few-shot
+FCRE files, which fix their own split and tasks, through `load_fcre`. Every problem in a file is one
 `ErrwiseError` line naming the file, the record and the fix: a data file the tool cannot read is often a
 user's first contact with it.
 """
@@ -17,8 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+
 from errwise.data.stream import FEWREL_ID2REL, TACRED_ID2REL
-from errwise.data.types import Corpus, Relation, RelationInstance
+from errwise.data.types import Corpus, FewShotCorpus, Relation, RelationInstance
 from errwise.errors import ErrwiseError, read_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
@@ -300,6 +303,117 @@ def load_marker(path: Path, relation_names: Path | None = None) -> Corpus:
     """
     names = read_relations(relation_names) if relation_names else {}
     return _marker(Path(path), read_json(path), names)
+
+
+# ------------------------------------------------------------------------------------------ FCRE files
+
+_FCRE_FIELDS = (
+    "relation id", "negative ids", "sentence", "head", "head positions", "tail", "tail positions", "head id",
+    "tail id",
+)  # fmt: skip
+
+
+def fcre_folder(folder: Path, shots: int) -> Path:
+    """The K-shot folder of an FCRE dataset folder: `{K}shot/`, or `CFRLdata_10_100_10_{K}/` as SCKD names it."""
+    for name in (f"{shots}shot", f"CFRLdata_10_100_10_{shots}"):
+        if (folder / name).is_dir():
+            return folder / name
+    raise ErrwiseError(
+        f"{folder}: no {shots}shot/ (nor CFRLdata_10_100_10_{shots}/) folder; pass the FCRE dataset folder "
+        "(relation_name.txt, rel_index.npy, 5shot/, 10shot/) with --data.path, or a data.shots it holds"
+    )
+
+
+def read_fcre_relations(folder: Path) -> list[Relation]:
+    """relation_name.txt (line i: the name of relation id i) and relation_description.txt (line i: its description;
+    SCKD's TACRED copy is empty: no descriptions)."""
+    names = read_text(folder / "relation_name.txt").splitlines()
+    path = folder / "relation_description.txt"
+    descriptions = read_text(path).splitlines() if path.is_file() else []
+    if descriptions and len(descriptions) != len(names):
+        _fail(path, "whole file", f"{len(descriptions)} lines for {len(names)} relation names; one line per relation")
+    for i, name in enumerate(names, 1):
+        if not name.strip():
+            _fail(folder / "relation_name.txt", f"line {i}", "blank relation name; one name per line")
+    relations = [
+        Relation(str(i), name.strip(), descriptions[i - 1].strip() if descriptions else "")
+        for i, name in enumerate(names, 1)
+    ]
+    _unique_names(folder / "relation_name.txt", relations)
+    return relations
+
+
+def _fcre_span(path: Path, where: str, role: str, field: str, n: int) -> tuple[int, int]:
+    """Inclusive 0-based token positions -> the span [min, max + 1), as SCKD's code marks them (first to last)."""
+    positions = [int(p) for p in field.split() if p.isdecimal()]
+    if not positions or len(positions) != len(field.split()):
+        _fail(path, where, f"{role} positions {field!r:.40} are not 0-based token numbers separated by spaces")
+    if max(positions) >= n:
+        _fail(path, where, f"{role} position {max(positions)} is outside the sentence of {n} tokens (0-based)")
+    return min(positions), max(positions) + 1
+
+
+def read_fcre(path: Path, n_relations: int) -> list[RelationInstance]:
+    """One FCRE file (train_0.txt, test_0.txt): one instance per line, tab-separated (`_FCRE_FIELDS`). The span
+    comes from the positions; the negative ids, the head/tail text and the Wikidata ids are not read."""
+    instances = []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"line {n}"
+        fields = line.split("\t")
+        if len(fields) != len(_FCRE_FIELDS):
+            _fail(path, where, f"{len(fields)} tab-separated fields, expected 9: {' | '.join(_FCRE_FIELDS)}")
+        rel = fields[0]
+        if not (rel.isdecimal() and 1 <= int(rel) <= n_relations):
+            _fail(path, where, f"relation id {rel!r:.20} is not one of 1..{n_relations} (relation_name.txt's lines)")
+        tokens = _tokens(path, where, fields[2].split(" "))
+        head = _fcre_span(path, where, "head", fields[4], len(tokens))
+        tail = _fcre_span(path, where, "tail", fields[6], len(tokens))
+        _distinct(path, where, head, tail)
+        instances.append(RelationInstance(f"{path.stem}:{n}", tuple(tokens), head, tail, str(int(rel))))
+    if not instances:
+        _fail(path, "whole file", "no instances; check that this is the right file")
+    return instances
+
+
+def _int_array(path: Path) -> list[int]:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ErrwiseError(
+            f"{path}: cannot read as a numpy array ({e}); check the path or fetch the file again"
+        ) from None
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        _fail(path, "whole file", f"expected a 1-d array of integers, got {a.dtype} of shape {a.shape}")
+    return a.tolist()
+
+
+def load_fcre(folder: Path | str | None, shots: int) -> FewShotCorpus:
+    """The FCRE files of SCKD / CPL (docs/data.md): `folder` holds relation_name.txt, relation_description.txt,
+    rel_index.npy and `{K}shot/` (train_0.txt, test_0.txt, rel_cluster_label_0.npy); cluster c holds the relations
+    `rel_index[i]` whose label is c."""
+    if folder is None:
+        raise ErrwiseError(
+            "split fcre reads the FCRE files: pass their dataset folder (relation_name.txt, rel_index.npy, "
+            "5shot/, 10shot/) with --data.path"
+        )
+    folder = Path(folder)
+    relations = read_fcre_relations(folder)
+    shot = fcre_folder(folder, shots)
+    index, labels = _int_array(folder / "rel_index.npy"), _int_array(shot / "rel_cluster_label_0.npy")
+    if sorted(index) != list(range(1, len(relations) + 1)):
+        _fail(folder / "rel_index.npy", "whole file", f"not the relation ids 1..{len(relations)} each once")
+    if len(labels) != len(index) or set(labels) != set(range(max(labels) + 1)):
+        _fail(
+            shot / "rel_cluster_label_0.npy",
+            "whole file",
+            f"expected one cluster label per relation of rel_index.npy ({len(index)}), labels 0..C-1 each used",
+        )
+    clusters = tuple(tuple(str(r) for r, c in zip(index, labels) if c == k) for k in range(max(labels) + 1))
+    train = read_fcre(shot / "train_0.txt", len(relations))
+    test = read_fcre(shot / "test_0.txt", len(relations))
+    return FewShotCorpus(f"{folder.name}-{shots}shot", tuple(relations), tuple(train), tuple(test), clusters)
 
 
 # ------------------------------------------------------------------------------------------ errwise JSONL

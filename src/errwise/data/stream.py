@@ -4,6 +4,9 @@ Every CRE paper since RP-CRE (EMAR, RP-CRE, CRL, ACA, CEAR, CDec, DP-CRE) uses t
 shuffles the canonical relation list with seed 2021 + 100*i and cuts it into tasks; each relation's
 instances are shuffled with the same seed and cut into train/val/test. Reproducing it exactly is what makes
 our numbers comparable with theirs (`tests/test_stream.py` checks the orders against the published ones).
+
+Few-shot CRE (SCKD, CPL, CPL+MI, DCRE, SIRUS) ships its split and its tasks as files instead: `fcre_stream`
+(`tests/test_fcre.py` checks it against what their code computes from the files).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from errwise.data.types import Corpus, RelationInstance, Task, TaskStream
+from errwise.data.types import Corpus, FewShotCorpus, RelationInstance, Task, TaskStream
 from errwise.errors import ErrwiseError
 
 # The canonical relation lists of the CRE codebases (RP-CRE, CRL, CEAR: data/{fewrel,tacred}/id2rel.json).
@@ -204,3 +207,85 @@ def build_stream(
     chosen = {r for t in tasks for r in t.relations}
     relations = tuple(corpus.relation(r) for r in id2rel if r in chosen)
     return TaskStream(f"{corpus.name}-order{order}", order, relations, tuple(tasks))
+
+
+# ------------------------------------------------------------------------------------------ few-shot CRE
+
+
+def fcre_seed(order: int) -> int:
+    """The seed of FCRE run `order`: SCKD's and CPL's six runs are seeds 100, 200, ..., 600 (orders 0-5)."""
+    return 100 * (order + 1)
+
+
+def fcre_order(seed: int, n_clusters: int = 8) -> list[int]:
+    """The cluster of each task: the last cluster first, then the others as SCKD's and CPL's sampler draws them,
+    `random.seed(seed); s = list(range(7)); random.shuffle(s); [7] + numpy.argsort(s)` (a local Random draws the
+    same without touching the global state)."""
+    s = list(range(n_clusters - 1))
+    random.Random(seed).shuffle(s)
+    return [n_clusters - 1, *np.argsort(s).tolist()]
+
+
+def fcre_stream(
+    corpus: FewShotCorpus,
+    *,
+    order: int,
+    seed: int,
+    num_tasks: int | None,
+    val_size: int,
+    max_train: int | None,
+    max_val: int | None,
+    max_test: int | None,
+) -> TaskStream:
+    """The FCRE protocol: task k is the relations of cluster `fcre_order(seed)[k]`, with every training instance of
+    the files (100 per relation in task 1, K after) and every test instance; `num_tasks` None = all.
+
+    `val_size` > 0 holds the last val_size training instances of each relation (in file order) out as its
+    validation instances, the same for every seed: task 1's relations then train on 100 - val_size, the others on
+    K - val_size. 0 is the published protocol. `max_*` keep a prefix, as in `build_stream`.
+    """
+    clusters = fcre_order(seed, len(corpus.clusters))
+    num_tasks = len(clusters) if num_tasks is None else num_tasks
+    if num_tasks > len(clusters):
+        raise ErrwiseError(
+            f"corpus {corpus.name} has {len(clusters)} tasks (relation clusters); asked for {num_tasks}; lower "
+            "data.num_tasks"
+        )
+    train_of: dict[str, list[RelationInstance]] = {r.id: [] for r in corpus.relations}
+    test_of: dict[str, list[RelationInstance]] = {r.id: [] for r in corpus.relations}
+    for x in corpus.train:
+        train_of[x.relation].append(x)
+    for x in corpus.test:
+        test_of[x.relation].append(x)
+    tasks = []
+    for index, c in enumerate(clusters[:num_tasks]):
+        train, val, test = [], [], []
+        for rel in corpus.clusters[c]:
+            xs = train_of[rel]
+            if len(xs) <= val_size:
+                raise ErrwiseError(
+                    f"relation {rel} ({corpus.relation(rel).name}) of corpus {corpus.name} has {len(xs)} training "
+                    f"instance(s); data.val_size {val_size} must leave at least one to train on: lower data.val_size"
+                )
+            cut = len(xs) - val_size
+            train += xs[:cut][:max_train]
+            val += xs[cut:][:max_val]
+            test += test_of[rel][:max_test]
+        tasks.append(Task(index, corpus.clusters[c], tuple(train), tuple(val), tuple(test)))
+    chosen = {r for t in tasks for r in t.relations}
+    relations = tuple(r for r in corpus.relations if r.id in chosen)
+    return TaskStream(f"{corpus.name}-seed{seed}", order, relations, tuple(tasks))
+
+
+def subsample(instances: Sequence[RelationInstance], per_relation: int) -> list[RelationInstance]:
+    """At most `per_relation` instances of each relation, always the same ones: a relation's instances shuffled with
+    seed 0, the first per_relation kept (so a smaller subsample is part of a larger one), in their original order."""
+    by_relation: dict[str, list[RelationInstance]] = {}
+    for x in instances:
+        by_relation.setdefault(x.relation, []).append(x)
+    keep = set()
+    for xs in by_relation.values():
+        idx = list(range(len(xs)))
+        random.Random(0).shuffle(idx)
+        keep.update(xs[i].uid for i in idx[:per_relation])
+    return [x for x in instances if x.uid in keep]

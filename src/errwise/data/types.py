@@ -1,7 +1,7 @@
 """The data every component speaks: frozen dataclasses, no file formats, deterministic from a seed.
 
-Loaders in `formats.py` turn each external format into a `Corpus`; `stream.py` turns a corpus into a
-`TaskStream` following the standard continual relation extraction protocol.
+Loaders in `formats.py` turn each external format into a `Corpus` (or, for the few-shot FCRE files, which fix
+their own split and tasks, a `FewShotCorpus`); `stream.py` turns it into a `TaskStream` following the protocol.
 """
 
 from __future__ import annotations
@@ -72,6 +72,26 @@ class Corpus:
 
 
 @dataclass(frozen=True)
+class FewShotCorpus:
+    """A corpus that ships its protocol (the FCRE files): its own train/test split and the relation clusters that
+    are the tasks."""
+
+    name: str
+    """e.g. `fewrel-5shot`."""
+    relations: tuple[Relation, ...]
+    train: tuple[RelationInstance, ...]
+    test: tuple[RelationInstance, ...]
+    clusters: tuple[tuple[str, ...], ...]
+    """clusters[c]: the relation ids of cluster label c, in the order the files list them."""
+
+    def relation(self, rel_id: str) -> Relation:
+        for r in self.relations:
+            if r.id == rel_id:
+                return r
+        raise KeyError(rel_id)
+
+
+@dataclass(frozen=True)
 class Task:
     """One step of the stream: new relations with their train/val/test instances."""
 
@@ -91,7 +111,7 @@ class TaskStream:
     name: str
     """e.g. `fewrel-order0`."""
     order: int
-    """Index of the task order (0..4 for the standard protocol)."""
+    """Index of the task order (0..4 for the standard protocol, 0..5 for FCRE)."""
     relations: tuple[Relation, ...]
     """Every relation of the stream, in canonical order."""
     tasks: tuple[Task, ...]
