@@ -14,7 +14,7 @@ import pytest
 
 from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
 from errwise.errors import ErrwiseError
-from errwise.extractor import Extractor
+from errwise.extractor import Extractor, source_relations
 from errwise.run import run
 
 pytest.importorskip("fastapi", reason="errwise serve needs FastAPI: pip install -e '.[serve]'")
@@ -382,3 +382,106 @@ def test_a_killed_server_loses_no_correction_and_restarts_on_the_last_complete_v
         assert call("POST", "/predict", {"records": [ADA, BOB]})[0] == 200
     finally:
         s.kill()
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+
+@pytest.fixture(scope="module")
+def served(run_dir, tmp_path_factory):
+    """A real `errwise serve` of the tiny run on 127.0.0.1, with its folder."""
+    root = tmp_path_factory.mktemp("served")
+    port = free_port()
+    cmd = [sys.executable, "-m", "errwise.cli", "serve", str(run_dir), "--state", str(root / "state")]
+    cmd += ["--port", str(port), "--token", TOKEN, "--train.max_steps", "2"]
+    server = ServeProcess("errwise serve", cmd, str(run_dir), port, root / "serve.log")
+    server.start(timeout=180)
+    server.state = root / "state"
+    yield server
+    server.kill()
+
+
+def test_the_review_page_in_a_real_browser(served, tmp_path):
+    """Headless Chromium (the system's, driven by its chromedriver over WebDriver): paste sentences, select the
+    head and the tail with the mouse (or click a word and press h / t), see the top relations, send a correction
+    with a new relation's name and accept another answer; both are in the log and in the page's queue.
+    ERRWISE_SCREENSHOT=docs/serve.png also saves the page as shown at the end."""
+    import os
+
+    from webdriver import Browser, find_browser
+
+    found = find_browser()
+    if found is None:
+        pytest.skip("no browser: the review page's test needs chromium and chromedriver (Debian: apt-get install "
+                    "chromium chromium-driver)")  # fmt: skip
+    b = Browser(*found, tmp_path / "chromedriver.log")
+    try:
+        b.get(f"http://127.0.0.1:{served.port}/#token={TOKEN}")  # the address errwise serve prints
+        b.find("#relation-select option")
+        lines = ["Ada Byron married William King in 1835 .", "Marie Curie was born in Warsaw .",
+                 "Paris is the capital of France ."]  # fmt: skip
+        b.type(b.find("#sentences"), "\n".join(lines))
+        b.click(b.find("#load"))
+        tokens = lambda: b.find_all("#sentence .tok")  # noqa: E731
+        b.wait(lambda: len(tokens()) == 8, what="the first sentence's tokens")
+        toks = tokens()  # the page draws the tokens again after each mark: found again each time
+        b.select_with_mouse(toks[0], toks[1])  # "Ada Byron"
+        b.click(b.find("#mark-head"))
+        toks = tokens()
+        b.select_with_mouse(toks[3], toks[4])  # "William King"
+        b.click(b.find("#mark-tail"))
+        assert b.text(b.find("#head-text")) == "Ada Byron" and b.text(b.find("#tail-text")) == "William King"
+        picks = b.wait(lambda: b.find_all("#top button.pick"), what="the top relations")
+        assert len(picks) == 4  # the top 5 of 4 learned relations: all of them, the best first
+        predicted = b.run("return document.querySelector('#top tr td').textContent")
+        b.type(b.find("#relation-new"), "married to")  # a relation the model has not learned
+        b.click(b.find("#send"))
+        b.wait(lambda: "Sent c1" in b.text(b.find("#message")), what="the correction's acknowledgement")
+        # The second sentence: the head selected with the mouse, the tail a clicked word and the key t; accepted.
+        b.click(b.find_all("#list li")[1])
+        b.wait(lambda: len(tokens()) == 7, what="the second sentence")
+        toks = tokens()
+        b.select_with_mouse(toks[0], toks[1])
+        b.press("h")
+        b.click(tokens()[5])  # "Warsaw"
+        b.press("t")
+        b.wait(lambda: b.find_all("#top button.pick"), what="the second answer")
+        accepted = b.run("return document.querySelector('#top tr td').textContent")
+        b.click(b.find("#top button.pick.primary"))
+        b.wait(lambda: "Sent c2" in b.text(b.find("#message")), what="the acceptance")
+        queue = b.wait(lambda: len(b.find_all("#queue tbody tr")) == 2 and b.find_all("#queue tbody tr"))
+        assert "married to" in b.text(queue[0]) and predicted in b.text(queue[0])
+        # The third sentence, marked and answered: the page as the screenshot shows it.
+        b.click(b.find_all("#list li")[2])
+        b.wait(lambda: len(tokens()) == 7, what="the third sentence")
+        b.click(tokens()[0])
+        b.click(b.find("#mark-head"))
+        b.click(tokens()[5])
+        b.click(b.find("#mark-tail"))
+        b.wait(lambda: b.find_all("#top button.pick"), what="the third answer")
+        if os.environ.get("ERRWISE_SCREENSHOT"):
+            b.screenshot(Path(os.environ["ERRWISE_SCREENSHOT"]))
+    finally:
+        b.quit()
+    rows = [json.loads(line) for line in (served.state / "corrections.jsonl").read_text().splitlines()]
+    names = {r.name: r.id for r in source_relations(Path(served.model))}
+    assert [r["record"] for r in rows] == [
+        {"tokens": lines[0].split(), "head": [0, 2], "tail": [3, 5], "relation": "married_to"},
+        {"tokens": lines[1].split(), "head": [0, 2], "tail": [5, 6], "relation": names[accepted]},
+    ]
+    assert [r["predicted"] for r in rows] == [names[predicted], names[accepted]]
+
+
+def test_under_load_no_request_fails(run_dir, tmp_path, monkeypatch):
+    """benchmarks/serve_load.py, briefly: concurrent /predict clients against a real server, then while a learn job
+    runs beside them. No request fails; answers come from v0 while learning, then from v1. Timing is not asserted."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import serve_load
+
+    phases, job = serve_load.benchmark(run_dir, tmp_path, clients=3, seconds=2, batch=2, corrections=4,
+                                       learn_steps=10, learn_timeout=180)  # fmt: skip
+    assert job["state"] == "done", job
+    for p in phases:
+        assert p.failed == 0 and p.latencies, p.line()
+        print(p.line())
+    assert set(phases[0].versions) == {"v0"} and phases[1].versions["v0"] and phases[1].versions["v1"]
