@@ -39,5 +39,8 @@ def serve(
     print(f"review page: {url}   API docs: {url}docs")
     if token is None:
         print(f"token (for writes: Authorization: Bearer <token>): {generated}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: {host} is reachable from other machines: anyone there can predict and read the corrections, "
+              "and the token travels in clear text (no TLS); put a TLS proxy in front")  # fmt: skip
     sys.stdout.flush()
     uvicorn.run(app, host=host, port=port, log_level="warning")
