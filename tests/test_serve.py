@@ -485,3 +485,13 @@ def test_under_load_no_request_fails(run_dir, tmp_path, monkeypatch):
         assert p.failed == 0 and p.latencies, p.line()
         print(p.line())
     assert set(phases[0].versions) == {"v0"} and phases[1].versions["v0"] and phases[1].versions["v1"]
+
+
+def test_an_unexpected_failure_is_a_one_line_500(client, monkeypatch):
+    def boom(*a, **k):
+        raise ZeroDivisionError("no traceback in the answer")
+
+    monkeypatch.setattr(client.service, "relations", boom)
+    with TestClient(client.app, raise_server_exceptions=False) as c:
+        error = one_line_error(c.get("/relations"), 500)
+    assert error == "internal error: ZeroDivisionError; see the server's log"
