@@ -318,6 +318,14 @@ def test_the_serving_folder_recovers_from_a_crash(run_dir, tmp_path):
                                                                "result": {"r": 1}, "finished": None}  # fmt: skip
     assert store.current() == "v1" and store.pending("v1") == []
     assert store.append_correction({"predicted": "y", "record": {}})["id"] == "c2"
+    job3 = store.new_job("v1")  # killed after the switch, before the job's last write
+    store.write_job({**job3, "state": "running"})
+    store.add_version({"parent": "v1", "corrections": ["c1", "c2"], "job": job3["id"], "result": {}}, Path.mkdir)
+    store.set_current("v2")
+    del store
+    gc.collect()
+    store = Store(state, run_dir)
+    assert store.current() == "v2" and store.read_job(job3["id"])["state"] == "done"
     del store
     gc.collect()
     with pytest.raises(ErrwiseError, match="pass another --state"):

@@ -19,7 +19,7 @@ from typing import Any
 import errwise
 from errwise.data.formats import _label
 from errwise.errors import ErrwiseError
-from errwise.extractor import Extractor, parse_records
+from errwise.extractor import Extractor, check_source, parse_records
 from errwise.serve.store import SOURCE_VERSION, Store, now
 
 
@@ -59,8 +59,7 @@ class Service:
     # ---- reading
 
     def health(self) -> dict:
-        version, ext = self.serving
-        busy = self.job if self.job and self.job["state"] in ("queued", "running") else None
+        (version, ext), job = self.serving, self.job
         return {
             "status": "ok",
             "version": version,
@@ -68,7 +67,7 @@ class Service:
             "source": str(self.store.source),
             "relations": len(ext.relations),
             "pending_corrections": len(self.store.pending(version)),
-            "learning": busy and busy["id"],
+            "learning": job["id"] if job and job["state"] in ("queued", "running") else None,
         }
 
     def relations(self) -> dict:
@@ -222,8 +221,6 @@ def learn_result(h: dict) -> dict:
 def open_service(source: str | Path, state: str | Path | None = None, **options) -> Service:
     """The service of SOURCE with its serving folder (default: `<SOURCE>.serve` beside it)."""
     source = Path(source)
-    from errwise.extractor import check_source
-
     check_source(source)
     store = Store(state or source.resolve().with_name(source.resolve().name + ".serve"), source)
     return Service(store, **options)

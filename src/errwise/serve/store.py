@@ -66,7 +66,7 @@ class Store:
     def _recover(self) -> None:
         """After a crash: a version folder never renamed into place is removed; a torn last line of the log (it
         was never acknowledged) is cut; a job that was queued or running failed, or, when its version was written
-        whole before the crash and the version it learned from is still current, is done and switched to."""
+        whole before the crash (and no rollback came since), is done and served."""
         for p in self.versions.iterdir():
             if p.name.startswith("."):
                 shutil.rmtree(p, ignore_errors=True)
@@ -84,7 +84,7 @@ class Store:
             if job["state"] not in ("queued", "running"):
                 continue
             meta = written.get(job["id"])
-            if meta and meta["parent"] == self.current():  # whole on disk, killed before the switch: switch now
+            if meta and self.current() in (meta["parent"], meta["version"]):  # whole on disk: switched (now)
                 self.set_current(meta["version"])
                 job |= {"state": "done", "new_version": meta["version"], "result": meta["result"]}
             else:
