@@ -4,6 +4,7 @@ serving folder's recovery, and a real server killed (SIGKILL) while learning. Th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -26,6 +27,7 @@ from conftest import ServeProcess, free_port  # noqa: E402
 from errwise.serve.app import create_app  # noqa: E402
 from errwise.serve.service import open_service  # noqa: E402
 from errwise.serve.store import Store  # noqa: E402
+from webdriver import Browser, find_browser  # noqa: E402
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -409,20 +411,22 @@ def served(run_dir, tmp_path_factory):
     server.kill()
 
 
-def test_the_review_page_in_a_real_browser(served, tmp_path):
-    """Headless Chromium (the system's, driven by its chromedriver over WebDriver): paste sentences, select the
-    head and the tail with the mouse (or click a word and press h / t), see the top relations, send a correction
-    with a new relation's name and accept another answer; both are in the log and in the page's queue.
-    ERRWISE_SCREENSHOT=docs/serve.png also saves the page as shown at the end."""
-    import os
-
-    from webdriver import Browser, find_browser
-
+@pytest.fixture(scope="module")
+def chromium() -> tuple[str, str]:
+    """(chromedriver, chromium), or the test skips (before any server starts)."""
     found = find_browser()
     if found is None:
         pytest.skip("no browser: the review page's test needs chromium and chromedriver (Debian: apt-get install "
                     "chromium chromium-driver)")  # fmt: skip
-    b = Browser(*found, tmp_path / "chromedriver.log")
+    return found
+
+
+def test_the_review_page_in_a_real_browser(chromium, served, tmp_path):
+    """Headless Chromium (the system's, driven by its chromedriver over WebDriver): paste sentences, select the
+    head and the tail with the mouse (or click a word and press h / t), see the top relations, send a correction
+    with a new relation's name and accept another answer; both are in the log and in the page's queue.
+    ERRWISE_SCREENSHOT=docs/serve.png also saves the page as shown at the end."""
+    b = Browser(*chromium, tmp_path / "chromedriver.log")
     try:
         b.get(f"http://127.0.0.1:{served.port}/#token={TOKEN}")  # the address errwise serve prints
         b.find("#relation-select option")
