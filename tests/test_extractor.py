@@ -13,6 +13,7 @@ import torch
 from errwise.cli import main
 from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
 from errwise.data.formats import BUILTIN_DIR
+from errwise.errors import ErrwiseError
 from errwise.extractor import Extractor, as_instances, instance_row, score_all
 from errwise.prompts import plain_prompt
 from errwise.run import make_stream, run
@@ -360,3 +361,32 @@ def test_bad_input_is_one_line_naming_the_file_and_line(run_dir, tmp_path, capsy
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert str(named) in err and where in err, err
     assert set(tmp_path.iterdir()) == files and tree_hash(run_dir) == before  # nothing written
+
+
+def test_learn_takes_the_served_answers_as_the_initial_responses(run_dir, new_data):
+    """`predicted` (what the served model answered, as a user's correction reports it) is errwise's initial response
+    on that record: a wrong one is an error case confused with that relation (confront and contrastive examples), a
+    right one a correct case; the other records are answered by the model."""
+    seen = seen_relations(run_dir)
+    gold, wrong = seen[0], seen[1]
+    rows = read_jsonl(new_data)[:4]
+    rows += [{"text": f"{a} and {b} met at work .", "head": a, "tail": b, "relation": gold} for a, b in ["AB", "CD"]]
+    ext = Extractor.load(run_dir)
+    new = ext.learn(
+        rows,
+        method="errwise",
+        predicted=[None] * 4 + [wrong, gold],
+        test_fraction=0,
+        overrides={"train.max_steps": 2, "errwise.error_fraction": None},
+    )
+    cases = {r["uid"]: r for r in read_jsonl(new.records_dir / "error_cases" / "task_02.jsonl")}
+    assert cases["learn2/record:4"] == {"uid": "learn2/record:4", "source": "train", "gold": gold, "pred": wrong,
+                                       "correct": False}  # fmt: skip
+    assert cases["learn2/record:5"]["pred"] == gold and cases["learn2/record:5"]["correct"]
+    assert sum(r["source"] == "memory" for r in cases.values()) == 2 * len(seen)  # the model answered the memory
+    kinds = new.history[-1]["train_kinds"]
+    assert kinds.get("error", 0) >= 1 and kinds.get("contrastive", 0) >= 1
+    with pytest.raises(ErrwiseError, match="'nope' is no learned relation"):
+        ext.learn(rows, predicted=[None] * 5 + ["nope"])
+    with pytest.raises(ErrwiseError, match="2 answers for 6 records"):
+        ext.learn(rows, predicted=[gold, gold])

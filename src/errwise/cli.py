@@ -181,6 +181,26 @@ def _extractor_parsers(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("source", help="run folder, extractor folder or export folder")
     ep.add_argument("out", help="the export folder (must not exist)")
     ep.add_argument("--merge", action="store_true", help="merge the LoRA adapter into full weights")
+    sp = sub.add_parser(
+        "serve",
+        help="an HTTP API and a review page: predict, collect corrections, learn from them (docs/serve.md)",
+        description="Serve SOURCE over HTTP (FastAPI; pip install 'errwise[serve]'): /predict, /corrections, /learn, "
+        "/jobs/ID, /rollback, a review page at / and the API docs at /docs. Learning runs beside serving and writes "
+        "a new version in the serving folder (--state), served when complete. Options of `errwise run` (but data.* "
+        "and the model's) set how learning trains: --train.max_steps 40.",
+    )
+    sp.add_argument("source", help="run folder, extractor folder or export folder (an export folder cannot learn)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1: this machine only]")
+    sp.add_argument("--port", type=int, default=8000, help="[8000]")
+    sp.add_argument("--token", help="bearer token of the write endpoints [generated and printed at start]")
+    sp.add_argument("--state", help="serving folder: versions, corrections log, jobs [SOURCE.serve beside SOURCE]")
+    sp.add_argument("--method", default="errwise", help="continual method learning the corrections [errwise]")
+    sp.add_argument("--test-fraction", type=float, default=0.2, help="corrections held out per relation [0.2]")
+    sp.add_argument("--max-records", type=int, default=64, help="records per /predict request [64]")
+    sp.add_argument("--device", help="auto, cpu, cuda, ... [the source's model.device]")
+    for key in field_types():
+        if "." in key and not key.startswith(("data.", "model.")) and key != "method.name":  # --method
+            sp.add_argument(f"--{key}", metavar="V", dest=key, help="as in `errwise run`")
 
 
 def _quiet_loading() -> None:
@@ -234,21 +254,39 @@ def cmd_learn(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: nothing written, {args.source} unchanged; rerun the command", file=sys.stderr)
         raise SystemExit(130) from None
-    h = new.history[-1]
+    print("\n".join(learn_summary(new.history[-1])))
+    print(f"wrote {out}")
+
+
+def learn_summary(h: dict) -> list[str]:
+    """What `errwise learn` prints of a learn step (its history line `h`): what was learned, the accuracies."""
     pct = lambda a: "n/a" if a is None else f"{100 * a:.1f}%"  # noqa: E731
-    print(
+    forgetting = "n/a" if h["forgetting"] is None else f"{100 * h['forgetting']:.1f} points"
+    return [
         f"learned {len(h['new_relations'])} new relation(s) {', '.join(h['new_relations']) or '-'}"
         + (f" and more of {', '.join(h['more_of'])}" if h["more_of"] else "")
         + f" with {h['method']}: {h['train_instances']} instances trained on, {h['held_out']} held out, "
-        f"{h['train_steps']} steps ({h['seconds']:.0f}s)"
-    )
-    print(f"new relations: {pct(h['new_accuracy'])} on {h['new_test']} held-out instances")
-    forgetting = "n/a" if h["forgetting"] is None else f"{100 * h['forgetting']:.1f} points"
-    print(
+        f"{h['train_steps']} steps ({h['seconds']:.0f}s)",
+        f"new relations: {pct(h['new_accuracy'])} on {h['new_test']} held-out instances",
         f"old relations: {pct(h['old_accuracy'])} on {h['old_test']} test instances "
-        f"(before: {pct(h['old_accuracy_before'])}, forgetting {forgetting})"
-    )
-    print(f"wrote {out}")
+        f"(before: {pct(h['old_accuracy_before'])}, forgetting {forgetting})",
+    ]
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from errwise.config import parse_value
+    from errwise.serve import serve
+
+    if args.max_records < 1:
+        raise ErrwiseError(f"--max-records must be >= 1, got {args.max_records}")
+    if not 0 <= args.test_fraction < 1:
+        raise ErrwiseError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+    overrides = {k: parse_value(k, v) for k, v in vars(args).items() if "." in k and v is not None}
+    _quiet_loading()
+    serve(
+        args.source, host=args.host, port=args.port, token=args.token, state=args.state, device=args.device,
+        method=args.method, test_fraction=args.test_fraction, overrides=overrides, max_records=args.max_records,
+    )  # fmt: skip
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -311,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands = {"run": cmd_run, "report": cmd_report, "compare": cmd_compare, "rescore": cmd_rescore}
     commands |= {"methods": cmd_methods, "predict": cmd_predict, "learn": cmd_learn, "export": cmd_export}
+    commands["serve"] = cmd_serve
     previous = _sigterm_as_interrupt()
     try:
         commands[args.command](args)

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -297,13 +297,27 @@ class Extractor:
         test_fraction: float = 0.2,
         overrides: dict[str, Any] | None = None,
         source: str = "records",
+        predicted: Sequence[str | None] | None = None,
+        on_step: Callable[[float], None] | None = None,
     ) -> Extractor:
         """One more task: `records` (with `relation`) bring new relations and/or more instances of learned ones.
         Per relation, `test_fraction` of them (seeded) is held out for testing. Returns a new Extractor (this one
-        is unchanged); its last history line has the accuracies before and after."""
+        is unchanged); its last history line has the accuracies before and after.
+
+        `predicted`: one per record, what the model answered on it when it was served (a learned relation id; None:
+        not known). A method that mines its initial responses (errwise) takes it instead of asking the model again,
+        so a record corrected by a user is an error case confused with that relation. `on_step` gets each training
+        step's loss."""
         if not 0 <= test_fraction < 1:
             raise ErrwiseError(f"--test-fraction must be in [0, 1), got {test_fraction}")
         data = as_instances(records, labelled=True)
+        predicted = list(predicted or [None] * len(data))
+        if len(predicted) != len(data):
+            raise ErrwiseError(f"predicted: {len(predicted)} answers for {len(data)} records; give one per record")
+        learned = {r.id for r in self.relations}
+        for i, p in enumerate(predicted):
+            if p is not None and p not in learned:
+                raise ErrwiseError(f"predicted: record {i}: {p!r} is no learned relation; give the model's answer")
         cfg = self._learn_config(method, overrides or {})
         if cfg.method.name == "lessons":
             raise ErrwiseError(
@@ -317,6 +331,7 @@ class Extractor:
         k = len(self.tasks)
         # uids unique across steps (a file of the same name may come again): `learn<step>/<id or file:line>`
         data = [dataclasses.replace(x, uid=f"learn{k}/{x.uid}") for x in data]
+        answered = {x.uid: p for x, p in zip(data, predicted) if p is not None}
         held, train_data = held_out_split(data, test_fraction, cfg.train.seed)
         seen = (*self.relations, *new)
         old_tasks = [  # what the extractor keeps of earlier tasks: their memory (joint trains on it) and test data
@@ -336,7 +351,7 @@ class Extractor:
         model = copy.deepcopy(self.model)  # this Extractor stays as it was
         records_dir = Path(tempfile.mkdtemp(prefix="errwise-learn-"))  # what the method records; save() copies it
         try:
-            line = learn_task(cfg, stream, task, memory, model, self.tok, records_dir)
+            line = learn_task(cfg, stream, task, memory, model, self.tok, records_dir, answered, on_step)
         except BaseException:
             shutil.rmtree(records_dir, ignore_errors=True)
             raise
@@ -608,10 +623,13 @@ def learn_task(
     model,
     tok,
     records_dir: Path,
+    answered: dict[str, str] | None = None,
+    on_step: Callable[[float], None] | None = None,
 ) -> dict:
     """One task of the continual loop on `model` (trained in place), with run()'s phases: the method's begin_task,
     training (its examples, the run's step budget), the memory update, the consolidation round and end_task.
-    Returns the training figures, the updated memory ("memory") and the method's prediction hints ("hints")."""
+    `answered` (uid -> relation id): known answers of the model, which begin_task sees instead of predicting those
+    instances. Returns the training figures, the updated memory ("memory") and the method's hints ("hints")."""
     from errwise.run import (
         consolidation_phase,
         first_round_context,
@@ -626,8 +644,8 @@ def learn_task(
     seed_everything(cfg.train.seed + 1000 * task.index)
     ctx = task_context(cfg, stream, task, memory, model, tok, method, records_dir)
     first = first_round_context(cfg, ctx)
-    method.begin_task(first)
-    stats, consolidate_steps = train_phase(cfg, ctx, method, first=first)
+    method.begin_task(with_answers(first, answered) if answered else first)
+    stats, consolidate_steps = train_phase(cfg, ctx, method, on_step, first=first)
     memory = memory_phase(cfg, ctx, method, memory)  # the new relations' memory
     more = sorted({x.relation for x in task.train} - set(task.relations))
     if more and cfg.method.memory_per_relation > 0:
@@ -636,7 +654,9 @@ def learn_task(
         memory = {**memory, **update_memory(cfg, model, tok, pool, more, task.index)}
     consolidation = None
     if consolidate_steps:
-        consolidation = consolidation_phase(cfg, dataclasses.replace(ctx, memory=memory), method, consolidate_steps)
+        consolidation = consolidation_phase(
+            cfg, dataclasses.replace(ctx, memory=memory), method, consolidate_steps, on_step
+        )
     method.end_task(ctx)
     return {
         "train_steps": stats.steps + (consolidation.steps if consolidation else 0),
@@ -647,3 +667,16 @@ def learn_task(
         "memory": memory,
         "hints": method.hints,
     }
+
+
+def with_answers(ctx, answered: dict[str, str]):
+    """`ctx` whose `predict` gives the known answer of an instance in `answered` (uid -> relation id) and asks the
+    model about the others: the initial responses of a method, with a user's corrections standing in for the
+    model's answers on the instances they corrected."""
+
+    def predict(instances, desc="predict"):
+        ask = [x for x in instances if x.uid not in answered]
+        got = iter(ctx.predict(ask, desc=desc) if ask else [])
+        return [answered[x.uid] if x.uid in answered else next(got) for x in instances]
+
+    return dataclasses.replace(ctx, predict=predict)
