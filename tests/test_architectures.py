@@ -9,6 +9,8 @@ identical predictions; the memory's hidden-state embedding equals an unpadded fo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -196,3 +198,43 @@ def test_run_with_a_missing_model_is_one_line_and_writes_nothing(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no such model folder") and "\n" not in err
     assert not out.exists()
+
+
+def test_a_gguf_conversion_by_another_transformers_version_is_converted_again(tmp_path, monkeypatch):
+    """The cache folder records its converter; one made by another version (or unrecorded) is replaced in place,
+    one made by this version is reused."""
+    import json
+
+    import transformers
+
+    import errwise.model as m
+
+    calls = []
+
+    class Fake:  # stands in for the tokenizer and the model transformers reads from the GGUF file
+        hf_quantizer = None
+        config = object()
+
+        def save_pretrained(self, folder):
+            calls.append(folder)
+            (Path(folder) / "config.json").write_text("{}")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(m.AutoTokenizer, "from_pretrained", lambda *a, **k: Fake())
+    monkeypatch.setattr(m.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Fake())
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + bytes(100))
+    folder = m.gguf_folder(f)
+    record = json.loads((folder / "errwise_conversion.json").read_text())
+    assert record == {"gguf": "m.gguf", "gguf_identity": gguf_identity(f), "transformers": transformers.__version__}
+    assert m.gguf_folder(f) == folder and len(calls) == 2  # reused: model + tokenizer saved once
+    for stale in ('{"transformers": "4.56.2"}', None):  # another version's conversion, then an unrecorded one
+        (folder / "marker").write_text("old")
+        if stale is None:
+            (folder / "errwise_conversion.json").unlink()
+        else:
+            (folder / "errwise_conversion.json").write_text(stale)
+        assert m.gguf_folder(f) == folder
+        assert not (folder / "marker").exists() and m.converted_by(folder) == transformers.__version__
+    assert len(calls) == 6
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # nothing left beside it

@@ -17,19 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
-# Files of a model folder that hold the weights, and those that make the tokenizer (transformers' names).
+# Files of a model folder that hold the weights (transformers' names).
 _WEIGHTS = ("*.safetensors", "*.bin")
-_TOKENIZER = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
 _PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "gguf", "numpy")
 # Fields that name the environment; `compare` reports a difference in any of them.
 COMPARED = (
@@ -86,19 +77,30 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
         return platform.processor()
 
 
-def collect(model_path: str, model: torch.nn.Module, device: torch.device) -> dict:
-    """The environment of a run that loaded `model` from `model_path` (a folder, or a hub id) onto `device`."""
+def tokenizer_digest(tok: PreTrainedTokenizerBase) -> str:
+    """sha256 of what the tokenizer does, 16 hex digits: its whole definition (vocabulary, merges, normalisation,
+    pre-tokenisation, the post-processor that may add a BOS token) and its special tokens' ids. Read from the
+    loaded tokenizer, not its files, whose bytes also change with settings of no effect (`local_files_only`)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    special = f"bos={tok.bos_token_id} eos={tok.eos_token_id} pad={tok.pad_token_id}"
+    return hashlib.sha256(f"{definition}|{special}".encode()).hexdigest()[:16]
+
+
+def collect(model_path: str, model: torch.nn.Module, tok: PreTrainedTokenizerBase, device: torch.device) -> dict:
+    """The environment of a run that loaded `model` and `tok` from `model_path` (a folder, or a hub id) onto
+    `device`."""
     folder = Path(model_path)
     env: dict = {"python": platform.python_version(), **{p: version(p) for p in _PACKAGES}}
     if folder.is_dir():
         env["model_weights"] = files_digest(folder, _WEIGHTS)
-        env["tokenizer"] = files_digest(folder, _TOKENIZER)
         conversion = folder / CONVERSION_FILE
         env["converted_by"] = json.loads(conversion.read_text()).get("transformers") if conversion.is_file() else None
     else:  # a hub id: the revision transformers resolved stands for the bytes
         revision = getattr(getattr(model, "config", None), "_commit_hash", None)
-        env["model_weights"] = env["tokenizer"] = f"{model_path}@{revision}"
+        env["model_weights"] = f"{model_path}@{revision}"
         env["converted_by"] = None
+    env["tokenizer"] = tokenizer_digest(tok)
     env["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     env["threads"] = torch.get_num_threads()
     env["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

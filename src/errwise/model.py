@@ -116,10 +116,18 @@ def gguf_identity(path: Path) -> str:
 def gguf_folder(path: Path) -> Path:
     """A GGUF file converted once into a safetensors model folder in the cache (tokenizer and chat template
     included). transformers dequantises every tensor on load (a minute for a 0.5B model on CPU); the folder
-    loads in seconds. The weights are saved as dequantised fp32, the dtype transformers gives them."""
+    loads in seconds. The weights are saved as dequantised fp32, the dtype transformers gives them.
+    The folder records which transformers version made it (`errwise_conversion.json`); one made by another version,
+    or before that record existed, is converted again in place: transformers versions convert a GGUF tokenizer
+    differently (4.56/4.57 put a BOS token before every prompt and end labels with it, where the file says neither:
+    docs/results.md), and a run must not inherit another version's tokenizer from the cache."""
     target = cache_dir() / "models" / f"{path.stem}-{gguf_identity(path)}"
     if (target / "config.json").is_file():
-        return target
+        made_by = converted_by(target)
+        if made_by == transformers.__version__:
+            return target
+        print(f"{target} was converted by transformers {made_by or 'of an unknown version'}: converting again",
+              file=sys.stderr, flush=True)  # fmt: skip
     print(f"converting {path} to {target} (once) ...", file=sys.stderr, flush=True)
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -145,11 +153,30 @@ def gguf_folder(path: Path) -> Path:
     (tmp / CONVERSION_FILE).write_text(
         json.dumps({"gguf": path.name, "gguf_identity": gguf_identity(path), "transformers": transformers.__version__})
     )
+    stale = None
+    if target.exists():  # another version's conversion: moved aside, then removed (a reader holds its open files)
+        stale = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-stale-"))
+        try:
+            target.rename(stale / "old")
+        except OSError:  # another process moved it first
+            pass
     try:
         tmp.rename(target)  # atomic: an interrupted conversion never leaves a half-written cache
     except OSError:  # another process converted the same file first
         shutil.rmtree(tmp, ignore_errors=True)
+    if stale is not None:
+        shutil.rmtree(stale, ignore_errors=True)
     return target
+
+
+def converted_by(folder: Path) -> str | None:
+    """The transformers version that converted a GGUF file into `folder` (None: unknown, made before it was
+    recorded)."""
+    record = folder / CONVERSION_FILE
+    try:
+        return json.loads(record.read_text()).get("transformers")
+    except (OSError, ValueError):
+        return None
 
 
 def _first_line(e: BaseException) -> str:

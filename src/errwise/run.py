@@ -160,7 +160,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     seed_everything(cfg.train.seed)
     model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None)
     if main:
-        env = environment.collect(resolve_model_path(cfg.model.name), model, device)
+        env = environment.collect(resolve_model_path(cfg.model.name), model, tok, device)
         append_line(run_dir / "environment.jsonl", {"from_task": len(done), **env})
     memory = load_memory(run_dir, stream, len(done))
     matrix = [row["accuracy_row"] for row in done]
