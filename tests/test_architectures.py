@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from conftest import build_tiny_tokenizer, tokenizer_texts
+from errwise.data.types import Relation, RelationInstance
 from errwise.errors import ErrwiseError
-from errwise.evaluate import last_hidden
+from errwise.evaluate import candidate_scores, inference_copy, last_hidden, prompt_ids, shared_prefix
 from errwise.model import (
     build_labels,
+    encode_prefix,
     gguf_identity,
     linear_modules,
     load_model,
@@ -87,6 +89,52 @@ def test_scoring_equals_the_full_forward_reference(arch_dir):
         finite = torch.isfinite(scores)
         assert finite.all() or not exhaustive
         torch.testing.assert_close(scores[finite], ref[finite], atol=1e-4, rtol=1e-4)
+
+
+def test_a_shared_prefix_encoded_once_gives_the_full_forward_reference(arch_dir):
+    """The prompts' common first tokens encoded once (batch 1) and attended to by every row, behind each row's left
+    padding: the same scores as the reference, at every depth of the search."""
+    tok = load_tokenizer(str(arch_dir))
+    model = _load(arch_dir, lora=False).eval()
+    lead = tok("What is the relation of the head to the tail?\n")["input_ids"]
+    prompts, names = [lead + p for p in _prompts(tok)], NAMES[:6]
+    shared = shared_prefix(prompts)
+    assert all(p[: len(shared)] == shared for p in prompts) and len(shared) >= len(lead)  # lead + "Sentence:" ...
+    ref = reference_scores(model, tok, prompts, names)
+    prefix = encode_prefix(model, shared)
+    labels = build_labels(tok, names)
+    for exhaustive in (False, True):
+        rest = [p[len(shared) :] for p in prompts]
+        pred, scores = score_candidates(
+            model, rest, labels, pad_id=tok.pad_token_id, exhaustive=exhaustive, prefix=prefix
+        )
+        assert pred.tolist() == ref.argmax(1).tolist()
+        finite = torch.isfinite(scores)
+        torch.testing.assert_close(scores[finite], ref[finite], atol=1e-4, rtol=1e-4)
+
+
+def test_evaluation_merges_lora_into_a_copy_and_leaves_the_model_as_it_was(arch_dir):
+    tok = load_tokenizer(str(arch_dir))
+    model = _load(arch_dir, lora=True)
+    with torch.no_grad():  # adapters that change the answers (fresh LoRA B is zero)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.5)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    xs = [RelationInstance(f"u{i}", tuple(s.split()), (0, 1), (2, 3), "r") for i, s in enumerate(SENTENCES[:4])]
+    cands = [Relation(f"r{i}", n) for i, n in enumerate(NAMES[:6])]
+    merged = candidate_scores(model, tok, xs, cands, exhaustive=True)[1]
+    with model.disable_adapter():
+        plain = candidate_scores(model, tok, xs, cands, exhaustive=True)[1]
+    assert model.training  # its mode restored
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # its weights untouched
+    with inference_copy(model) as m:
+        assert not hasattr(m, "peft_config") and not any("lora" in n for n, _ in m.named_parameters())
+    prompts = prompt_ids(tok, xs, None, 256)
+    ref = reference_scores(model.eval(), tok, prompts, [c.name for c in cands])  # through the adapters, unmerged
+    torch.testing.assert_close(merged, ref, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(merged, plain, atol=1e-3)  # the adapters count
 
 
 def test_lora_adapts_every_linear_layer_learns_and_reloads(arch_dir, tmp_path):

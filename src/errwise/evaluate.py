@@ -5,15 +5,18 @@ Both are length-bucketed: instances are sorted by prompt length so a batch carri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from errwise.data.types import Relation, RelationInstance
-from errwise.model import build_labels, left_pad, score_candidates
+from errwise.model import build_labels, encode_prefix, left_pad, score_candidates
 from errwise.prompts import plain_prompt
 
 
@@ -81,29 +84,76 @@ def candidate_scores(
     exhaustive: bool = False,
     hints: Sequence[str] | None = None,
     desc: str = "predict",
+    share_prefix: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`predict`'s search, returning the best candidate's index (N,) and every candidate's score (N, C), -inf
-    where the search pruned it (`exhaustive=True`: every label scored in full)."""
+    where the search pruned it (`exhaustive=True`: every label scored in full). `share_prefix`: encode the tokens
+    every prompt starts with once (False: each prompt in full, the reference path)."""
     best = torch.zeros(len(instances), dtype=torch.long)
     scores = torch.empty((len(instances), len(candidates)))
     if not instances:
         return best, scores
-    model.eval()
     labels = build_labels(tok, [r.name for r in candidates])
     prompts = prompt_ids(tok, instances, candidates if list_candidates else None, max_length, hints)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
-        idx = order[start : start + batch_size]
-        best[idx], scores[idx] = score_candidates(
-            model,
-            [prompts[i] for i in idx],
-            labels,
-            pad_id=tok.pad_token_id,
-            score=score,
-            exhaustive=exhaustive,
-            first_token=search == "first_token",
-        )
+    with inference_copy(model) as m:
+        # The tokens every prompt starts with (the instruction) are encoded once; each batch attends to their cache.
+        shared = shared_prefix(prompts) if share_prefix else []
+        prefix = encode_prefix(m, shared)
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=None):
+            idx = order[start : start + batch_size]
+            best[idx], scores[idx] = score_candidates(
+                m,
+                [prompts[i][len(shared) :] for i in idx],
+                labels,
+                pad_id=tok.pad_token_id,
+                score=score,
+                exhaustive=exhaustive,
+                first_token=search == "first_token",
+                prefix=prefix,
+            )
     return best, scores
+
+
+def shared_prefix(prompts: Sequence[list[int]]) -> list[int]:
+    """The longest token prefix of every prompt, leaving each at least one token of its own (the last one, whose
+    logits start the answer); [] for fewer than two prompts (nothing to share)."""
+    if len(prompts) < 2:
+        return []
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return list(first[:n])
+
+
+@contextmanager
+def inference_copy(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """`model` in eval mode, with its LoRA adapters merged into a copy of the weights when it has any: one matrix
+    per layer instead of three and their additions (PEFT's own merge, in fp32 on CPU), so the forward costs what
+    the plain model's does. The model itself is left untouched (merging in place and back in bf16 would not give
+    the same weights back). On CPU only: on a GPU the adapters cost little and the copy would double the memory.
+    Training mode is restored on exit."""
+    training = model.training
+    model.eval()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    try:
+        if on_cpu and _active_unmerged_adapters(model):
+            merged = copy.deepcopy(model).merge_and_unload()
+            yield merged.eval()
+            del merged
+        else:
+            yield model
+    finally:
+        model.train(training)
+
+
+def _active_unmerged_adapters(model: PreTrainedModel) -> bool:
+    """Whether the forward runs adapter layers beside the weights: PEFT adapters, enabled and not merged."""
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    return bool(layers) and not any(m.disable_adapters or m.merged for m in layers)
 
 
 @torch.no_grad()

@@ -523,6 +523,31 @@ class _TreeCache:
         return out.logits
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """Keys/values of the tokens every prompt of an evaluation starts with, computed once (batch 1)."""
+
+    length: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (1, heads, length, d)
+
+    def cache(self, batch: int) -> DynamicCache:
+        """A cache holding the prefix for `batch` rows (views: the forward's update copies them as it appends)."""
+        return DynamicCache(
+            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.kv]
+        )
+
+
+@torch.no_grad()
+def encode_prefix(model: PreTrainedModel, ids: list[int]) -> Prefix | None:
+    """The prefix's keys/values (None for an empty prefix)."""
+    if not ids:
+        return None
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    _, cache = _forward_with_cache(model, None, input_ids=x, attention_mask=torch.ones_like(x), logits_to_keep=1)
+    return Prefix(len(ids), [(layer.keys, layer.values) for layer in cache.layers])
+
+
 @torch.no_grad()
 def score_candidates(
     model: PreTrainedModel,
@@ -535,6 +560,7 @@ def score_candidates(
     first_token: bool = False,
     max_tokens: int = 2048,
     widths: tuple[int, ...] = (4, 4, 16),
+    prefix: Prefix | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict, for each prompt, the best candidate label; exact w.r.t. full scoring of every candidate.
 
@@ -555,6 +581,8 @@ def score_candidates(
     above restricted to those labels. A label alone under the best first token wins without being scored
     further, so the cost is the prompts' forward plus a search only where first tokens are shared; its score
     is then its first token's log-probability. How often it differs from exact scoring: benchmarks/speed.py.
+    `prefix`: keys/values of tokens that precede every prompt (`prompts` are then the rest of each): the rows
+    are laid out as prefix, left padding, rest, positions counted without the padding.
     Returns (pred, scores): pred (B,) candidate index; scores (B, C) with -inf where pruned.
     Ties go to the lower candidate index on every path.
     """
@@ -562,9 +590,14 @@ def score_candidates(
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
+    past = None
+    if prefix is not None:
+        past = prefix.cache(len(prompts))
+        mask = torch.cat([mask.new_ones((len(prompts), prefix.length)), mask], dim=1)  # (B, S + P)
+        positions = positions + prefix.length
     # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
     out, cache = _forward_with_cache(
-        model, None, input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+        model, past, input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
     )
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
     tree = _TreeCache(cache, mask, labels, pad_id)
