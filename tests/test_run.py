@@ -53,7 +53,11 @@ def read_jsonl(path):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_meets_the_run_folder_contract(tiny_model_dir, tmp_path, method):
-    out = run(tiny_config(tiny_model_dir, tmp_path / method, method))
+    check_run_folder(run(tiny_config(tiny_model_dir, tmp_path / method, method)))
+
+
+def check_run_folder(out) -> None:
+    """The run-folder contract (docs/run-folder.md) of a 3-task tiny run with 2 relations per task."""
     assert (out / "config.yaml").is_file()
     lines = read_jsonl(out / "metrics.jsonl")
     assert [row["task"] for row in lines] == [0, 1, 2]
@@ -73,6 +77,68 @@ def test_every_method_meets_the_run_folder_contract(tiny_model_dir, tmp_path, me
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_accuracy"] == lines[-1]["seen_accuracy"]
     assert set(json.loads((out / "relations.json").read_text())) >= seen
+
+
+def test_errwise_distills_the_previous_model_s_view_of_the_old_relations(tiny_model_dir, tmp_path, monkeypatch):
+    """errwise.distill_weight: before a task's first round the model scores the old relations' labels after each
+    training instance's plain prompt; that instance's plain example (once) carries its top-k and their softmax, the
+    loss gains the KL term, distill/ records the targets. The consolidation round carries none. With distill_weight
+    0 (the default) none of this runs: no targets are scored and training takes the former path."""
+    import errwise.methods.errwise as errwise_mod
+    import errwise.run as run_mod
+    import errwise.train as train_mod
+
+    trained = []  # every round's examples, in order
+    real_train = run_mod.train
+    monkeypatch.setattr(
+        run_mod,
+        "train",
+        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
+    )
+    cfg = tiny_config(tiny_model_dir, tmp_path / "on", "errwise", distill_weight=1.0, distill_top_k=3)
+    train = dataclasses.replace(cfg.train, consolidate=0.25, defer_memory=True)  # errwise's default schedule
+    cfg = dataclasses.replace(cfg, train=train)
+    out = run(cfg)
+    check_run_folder(out)
+    stream = make_stream(cfg)
+    name = {r.id: r.name for r in stream.relations}
+    lines = read_jsonl(out / "metrics.jsonl")
+    assert len(trained) == 6  # per task: the first round, then the consolidation round (never distilled)
+    assert not any(ex.distill for i in (0, 1, 3, 5) for ex in trained[i])
+    assert lines[0]["train_distill_loss"] == 0 and not (out / "distill" / "task_00.jsonl").exists()  # nothing old yet
+    for t in (1, 2):
+        old = [r for line in lines[:t] for r in line["relations"]]
+        rows = read_jsonl(out / "distill" / f"task_{t:02d}.jsonl")
+        assert [r["uid"] for r in rows] == [x.uid for x in stream.tasks[t].train]
+        for r in rows:
+            assert len(r["targets"]) == min(3, len(old)) and {rel for rel, _ in r["targets"]} <= set(old)
+            probs = [p for _, p in r["targets"]]
+            assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-3)
+        carried = {ex.uid: ex for ex in trained[2 * t] if ex.distill}
+        assert set(carried) == {r["uid"] for r in rows}  # every training instance's plain example, once
+        assert sum(bool(ex.distill) for ex in trained[2 * t]) == len(rows)
+        for r in rows:
+            ex = carried[r["uid"]]
+            assert ex.kind in ("plain", "plain-error") and ex.distill_weight == 1.0 and ex.distill_temperature == 2.0
+            assert [(n, round(p, 4)) for n, p in ex.distill] == [(name[rel], p) for rel, p in r["targets"]]
+        assert lines[t]["train_distill_loss"] > 0 and lines[t]["consolidation"]["distill_loss"] == 0
+
+    def never(*args, **kw):
+        raise AssertionError("the distillation ran with distill_weight 0")
+
+    monkeypatch.setattr(errwise_mod, "soft_targets", never)
+    monkeypatch.setattr(train_mod, "packed_loss", never)
+    off = run(dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=ErrwiseConfig()))
+    assert not (off / "distill").exists()
+    for a, b in zip(read_jsonl(off / "metrics.jsonl"), lines):
+        assert a["train_distill_loss"] == 0 and a["train_steps"] == b["train_steps"]
+        assert a["train_kinds"] == b["train_kinds"] and a["train_tokens"] <= b["train_tokens"]
+    with pytest.raises(ErrwiseError, match="distill_top_k"):
+        ErrwiseConfig(distill_top_k=1)
+    with pytest.raises(ErrwiseError, match="distill_weight"):
+        ErrwiseConfig(distill_weight=-1)
+    with pytest.raises(ErrwiseError, match="distill_temperature"):
+        ErrwiseConfig(distill_temperature=0)
 
 
 def test_methods_train_on_what_they_promise(tiny_model_dir, tmp_path):

@@ -273,9 +273,22 @@ class ErrwiseConfig:
         "memory, or the task's data) in the plain instruction, answered r' and ranked above r, so the relation an "
         "error case's relation displaces is rehearsed, in the tested format, against it. 0 = off.",
     )
+    distill_weight: float = _f(
+        0.0,
+        "Weight of the distillation of the previous model's view of the new task's data (LwF): before the task's "
+        "first round the model scores every old relation's label (the relations of earlier tasks) after each "
+        "training instance's plain prompt, as prediction scores them; that round adds, on the instance's plain "
+        "example, distill_weight x KL(previous || current) over the distill_top_k best old labels' softmax at "
+        "distill_temperature (costs a forward of those labels per example, sharing the prompt). 0 = off.",
+    )
+    distill_top_k: int = _f(5, "Old relations' labels per instance in the distillation (the previous model's best).")
+    distill_temperature: float = _f(2.0, "Softmax temperature of the distillation, previous and current model alike.")
 
     def __post_init__(self) -> None:
         _check(self.error_weight > 0, "errwise.error_weight must be > 0")
+        _check(self.distill_weight >= 0, "errwise.distill_weight must be >= 0")
+        _check(self.distill_top_k >= 2, "errwise.distill_top_k must be >= 2 (one label's softmax is 1)")
+        _check(self.distill_temperature > 0, "errwise.distill_temperature must be > 0")
         _check(self.mirror_rank >= 0, "errwise.mirror_rank must be >= 0")
         _check(self.error_repeats >= 1, "errwise.error_repeats must be >= 1")
         _check(self.probe_per_relation >= 0, "errwise.probe_per_relation must be >= 0")

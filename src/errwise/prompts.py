@@ -28,6 +28,13 @@ class Example:
     """A wrong answer (e.g. the model's own error) for the pairwise ranking objective; "" = none."""
     rank_weight: float = 0.0
     """Weight of that objective, -log sigmoid(log p(answer) - log p(rejected)) over summed answer log-probs."""
+    distill: tuple[tuple[str, float], ...] = ()
+    """Soft targets (relation name, probability), e.g. a previous model's view of the prompt: the KL objective from
+    them to the current model's softmax over the same names' summed log-probs at `distill_temperature`; () = none."""
+    distill_weight: float = 0.0
+    """Weight of that objective."""
+    distill_temperature: float = 1.0
+    """Temperature of the current model's softmax (the targets were taken at the same one)."""
 
 
 def _describe(inst: RelationInstance) -> str:

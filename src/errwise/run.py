@@ -372,12 +372,14 @@ def metrics_line(
         "train_tokens": stats.tokens + (consolidation.tokens if consolidation else 0),
         "train_kinds": stats.kinds,
         "train_loss": stats.loss,
+        "train_distill_loss": stats.distill_loss,
         "consolidation": consolidation
         and {
             "steps": consolidation.steps,
             "examples": consolidation.examples,
             "kinds": consolidation.kinds,
             "loss": consolidation.loss,
+            "distill_loss": consolidation.distill_loss,
         },
         "seconds": seconds,
         "phase_seconds": phases,

@@ -1,4 +1,5 @@
-"""Instruction tuning on (prompt, answer) examples: loss on the answer tokens only, length-bucketed batches."""
+"""Instruction tuning on (prompt, answer) examples: loss on the answer tokens only, length-bucketed batches; the
+objectives an example may add (ranking against a rejected answer, distillation of soft targets)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from errwise import distributed
-from errwise.model import label_ids
+from errwise.model import build_labels, label_ids, score_candidates
 from errwise.prompts import Example
 
 
@@ -26,6 +27,8 @@ class TrainStats:
     """Mean training loss over the task's steps."""
     kinds: dict[str, int]
     """How many examples of each kind (plain, error, contrastive, ...) were trained on."""
+    distill_loss: float = 0.0
+    """The distillation term's share of `loss` (weighted, mean over the steps); 0 when no example carries targets."""
 
 
 def encode(tok: PreTrainedTokenizerBase, ex: Example, max_length: int) -> tuple[list[int], list[int]]:
@@ -80,10 +83,153 @@ def answer_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[
     return nll.sum(1), (labels != -100).sum(1).clamp(min=1)
 
 
+def encode_segments(tok: PreTrainedTokenizerBase, ex: Example, max_length: int) -> tuple[list[int], list[list[int]]]:
+    """An example as its prompt (truncated as `encode` truncates it) and the answers scored after it, each seeing the
+    prompt alone: its answer, then its rejected answer (ranking objective), then its distillation labels."""
+    ids, labels = encode(tok, ex, max_length)
+    n = labels.count(-100)
+    segments = [ids[n:]]
+    if ex.rejected and ex.rank_weight > 0:
+        segments.append(label_ids(tok, ex.rejected))
+    if ex.distill and ex.distill_weight > 0:
+        segments += [label_ids(tok, name) for name, _ in ex.distill]
+    return ids[:n], segments
+
+
+def collate_segments(rows: list[tuple[list[int], list[list[int]]]], pad_id: int) -> dict:
+    """Left-padded rows of prompt + segments, one prompt for all of its answers: a 4-D mask lets each segment's
+    tokens see the prompt and the earlier tokens of their own segment only, at positions prompt length + offset,
+    so each segment is scored as if it followed the prompt alone (the tree attention of `model.score_candidates`,
+    with gradients). Per segment token: `row`, `source` (the kept position whose logits predict it: the prompt's
+    last one for a segment's first token), `target` (the token) and `segment` (its segment's index, row by row)."""
+    width = max(len(p) + sum(map(len, segs)) for p, segs in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # (rows, query, key); padding sees itself
+    row, source, target, segment = [], [], [], []
+    for b, (prompt, segs) in enumerate(rows):
+        n = len(prompt)
+        at = width - n - sum(map(len, segs))  # the prompt's first column
+        ids[b, at : at + n] = torch.tensor(prompt)
+        positions[b, at : at + n] = torch.arange(n)
+        allowed[b, at : at + n, at : at + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        prompt_cols, at = slice(at, at + n), at + n
+        for seg in segs:
+            k = len(seg)
+            ids[b, at : at + k] = torch.tensor(seg)
+            positions[b, at : at + k] = n + torch.arange(k)
+            allowed[b, at : at + k, prompt_cols] = True
+            allowed[b, at : at + k, at : at + k] = torch.ones(k, k, dtype=torch.bool).tril()
+            row += [b] * k
+            source += [prompt_cols.stop - 1, *range(at, at + k - 1)]
+            target += seg
+            segment += [segment[-1] + 1 if segment else 0] * k
+            at += k
+    keep = width - min(source)  # the vocabulary projection runs on the last `keep` positions only
+    return {
+        "input_ids": ids,
+        "allowed": allowed,
+        "position_ids": positions,
+        "keep": keep,
+        "row": torch.tensor(row),
+        "source": torch.tensor(source) - (width - keep),
+        "target": torch.tensor(target),
+        "segment": torch.tensor(segment),
+        "tokens": sum(len(p) + sum(map(len, segs)) for p, segs in rows),
+    }
+
+
+def segment_nll(model: PreTrainedModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of every segment of `collate_segments`' rows and its number of tokens,
+    (segments,) each: the score prediction ranks candidates by (`score="sum"`), negated, for every answer at once."""
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(batch["allowed"].shape, dtype=dtype, device=batch["allowed"].device)
+    mask.masked_fill_(~batch["allowed"], torch.finfo(dtype).min)
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=mask[:, None],
+        position_ids=batch["position_ids"],
+        logits_to_keep=batch["keep"],
+    ).logits  # (rows, keep, vocab)
+    logits = logits[batch["row"], batch["source"]].float()  # (segment tokens, vocab)
+    nll = torch.nn.functional.cross_entropy(logits, batch["target"], reduction="none")
+    n_segments = int(batch["segment"][-1]) + 1
+    total = nll.new_zeros(n_segments).index_add(0, batch["segment"], nll)
+    return total, torch.bincount(batch["segment"], minlength=n_segments)
+
+
 def rank_losses(nll_answer: torch.Tensor, nll_rejected: torch.Tensor) -> torch.Tensor:
     """Pairwise ranking loss -log sigmoid(log p(answer) - log p(rejected)) on summed answer log-probabilities:
     the score prediction ranks candidates by (`score="sum"`), so a positive margin is a corrected answer."""
     return torch.nn.functional.softplus(nll_answer - nll_rejected)
+
+
+def distill_losses(nll: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(targets || softmax(-nll / temperature)) over the last dimension: `nll` (..., k) the summed negative
+    log-likelihoods of k labels (prediction's scores, negated), `targets` (..., k) their target probabilities,
+    taken at the same temperature. As LwF (Li & Hoiem, 2016) writes it: no temperature-squared factor."""
+    log_q = torch.log_softmax(-nll / temperature, dim=-1)
+    return (targets * (targets.clamp(min=1e-30).log() - log_q)).sum(-1)
+
+
+@torch.no_grad()
+def soft_targets(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    examples: list[Example],
+    names: list[str],
+    *,
+    top_k: int,
+    temperature: float,
+    max_length: int,
+    batch_size: int = 16,
+) -> list[tuple[tuple[str, float], ...]]:
+    """The model's view of each example's prompt, as `Example.distill` targets: its `top_k` best labels among
+    `names` and their softmax over those k at `temperature`. The scores are prediction's exact ones (summed label
+    log-probabilities, every label scored in full) after the very prompt ids training scores the labels after."""
+    labels = build_labels(tok, names)
+    prompts = [encode_segments(tok, ex, max_length)[0] for ex in examples]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[tuple[tuple[str, float], ...]] = [()] * len(examples)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        _, scores = score_candidates(model, [prompts[i] for i in idx], labels, pad_id=tok.pad_token_id, exhaustive=True)
+        top, best = torch.sort(scores, dim=1, descending=True, stable=True)  # ties: the lower index first
+        probs = torch.softmax(top[:, :top_k].double() / temperature, dim=1)
+        for i, js, ps in zip(idx, best[:, :top_k].tolist(), probs.tolist()):
+            out[i] = tuple((names[j], p) for j, p in zip(js, ps))
+    return out
+
+
+def packed_loss(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    examples: list[Example],
+    weights: torch.Tensor,
+    max_length: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`train`'s summed loss of a batch (weighted cross-entropy, ranking, distillation) from one row per example,
+    its prompt once and its answers as segments (`collate_segments`); returns it, its distillation part, and the
+    tokens processed."""
+    rows = [encode_segments(tok, ex, max_length) for ex in examples]
+    device = next(model.parameters()).device
+    batch = collate_segments(rows, tok.pad_token_id)
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    nll, n = segment_nll(model, batch)  # (segments,)
+    loss = distill = nll.new_zeros(())
+    at = 0  # the example's first segment: its answer
+    for ex, w, (_, segments) in zip(examples, weights.tolist(), rows):
+        loss = loss + w * nll[at] / n[at]  # mean answer-token cross-entropy, as in `train`
+        j = at + 1
+        if ex.rejected and ex.rank_weight > 0:
+            loss = loss + ex.rank_weight * rank_losses(nll[at], nll[j])
+            j += 1
+        if ex.distill and ex.distill_weight > 0:
+            p = torch.tensor([q for _, q in ex.distill], device=device)
+            distill = distill + ex.distill_weight * distill_losses(nll[j : j + len(p)], p, ex.distill_temperature)
+        at += len(segments)
+    return loss + distill, distill, batch["tokens"]
 
 
 def step_budget(n_examples: int, epochs: float, batch_size: int) -> int:
@@ -141,7 +287,7 @@ def train(
     if world > 1:  # data parallel: each process takes a share of every global batch (weights from process 0)
         net = torch.nn.parallel.DistributedDataParallel(model)
     batches: list[list[int]] = []
-    total_loss, tokens = 0.0, 0
+    total_loss, total_distill, tokens = 0.0, 0.0, 0
     bar = tqdm(range(steps), desc=desc, leave=False, disable=None)
     for step in bar:
         if not batches:
@@ -151,17 +297,23 @@ def train(
         stand_in = not local
         if stand_in:  # fewer examples than processes: a zero-weight stand-in keeps the all-reduce in step
             local, w = idx[:1], torch.zeros(1)
-        pairs = [] if stand_in else [j for j, i in enumerate(local) if i in rejected]
-        rows = [encoded[i] for i in local] + [rejected[local[j]] for j in pairs]
-        batch = collate(rows, tok.pad_token_id)
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        nll, n = answer_nll(net, batch)  # (rows,)
-        losses = nll[: len(local)] / n[: len(local)]  # mean answer-token cross-entropy per example
+        distill = torch.zeros(())
+        if not stand_in and any(examples[i].distill and examples[i].distill_weight > 0 for i in local):
+            # Distillation targets: each example's prompt runs once, followed by all of its answers.
+            loss, distill, n_tokens = packed_loss(net, tok, [examples[i] for i in local], w, max_length)
+        else:
+            pairs = [] if stand_in else [j for j, i in enumerate(local) if i in rejected]
+            rows = [encoded[i] for i in local] + [rejected[local[j]] for j in pairs]
+            batch = collate(rows, tok.pad_token_id)
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            nll, n = answer_nll(net, batch)  # (rows,)
+            losses = nll[: len(local)] / n[: len(local)]  # mean answer-token cross-entropy per example
+            loss = (losses * w.to(device)).sum()
+            if pairs:
+                rank_w = torch.tensor([examples[local[j]].rank_weight for j in pairs], device=device)
+                loss = loss + (rank_losses(nll[pairs], nll[len(local) :]) * rank_w).sum()
+            n_tokens = 0 if stand_in else int(batch["attention_mask"].sum())
         # The weighted mean over the global batch; DDP averages gradients over processes, hence `* world`.
-        loss = (losses * w.to(device)).sum()
-        if pairs:
-            rank_w = torch.tensor([examples[local[j]].rank_weight for j in pairs], device=device)
-            loss = loss + (rank_losses(nll[pairs], nll[len(local) :]) * rank_w).sum()
         loss = loss * world / len(idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -170,9 +322,10 @@ def train(
         opt.zero_grad(set_to_none=True)
         step_loss = distributed.all_sum(loss.item()) / world
         total_loss += step_loss
+        total_distill += distributed.all_sum(distill.item()) / len(idx)
         if on_step is not None:
             on_step(step_loss)
-        tokens += int(distributed.all_sum(0 if stand_in else int(batch["attention_mask"].sum())))
+        tokens += int(distributed.all_sum(n_tokens))
         bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
     model.eval()
-    return TrainStats(steps, len(examples), tokens, total_loss / steps, kinds)
+    return TrainStats(steps, len(examples), tokens, total_loss / steps, kinds, total_distill / steps)

@@ -17,6 +17,9 @@ With `probe_per_relation` > 0, that many instances of each relation's memory are
 with the others before each round, never trained on. The replayed memory is memorised (almost never answered
 wrongly); the probe shows the confusions the model makes on old relations (gold r answered r'), and each one
 makes error-focused examples from r's replayed instances (confronted with r', beside instances of r').
+With `distill_weight` > 0 (LwF), the model before the task's training scores the old relations' labels after each
+training instance's plain prompt; the task's first round keeps the plain examples of those instances near that
+view (the KL objective of train.py), recorded in `distill/task_XX.jsonl`.
 Every part is switchable (ErrwiseConfig, the `errwise.*` options) for the ablations.
 """
 
@@ -26,10 +29,12 @@ import dataclasses
 import json
 import random
 
+from errwise import distributed
 from errwise.config import ErrwiseConfig
 from errwise.data.types import RelationInstance, Task
 from errwise.methods.protocol import TaskContext
 from errwise.prompts import Example, confront_example, contrastive_example
+from errwise.train import soft_targets
 
 
 class Errwise:
@@ -37,12 +42,49 @@ class Errwise:
         self.cfg = cfg
         self.cases: list[tuple[RelationInstance, str, str]] = []  # (instance, source, predicted relation)
         self.consolidation_cases: list[tuple[RelationInstance, str, str]] = []  # the same, in that round
+        self.targets: dict[str, tuple[tuple[str, float], ...]] = {}  # uid -> distillation targets (first round)
 
     def begin_task(self, ctx: TaskContext) -> None:
         probe = self._probe(ctx)  # with probe_unseen, this task's probe is no training data
         train = [x for x in ctx.task.train if x.uid not in probe]
         self.cases = self._responses(ctx, [("train", train), *self._memory_pools(ctx, probe)], "initial")
         self._record(ctx, self.cases, f"task_{ctx.task.index:02d}.jsonl")
+        self.targets = self._distill_targets(ctx, train)
+
+    def _distill_targets(self, ctx: TaskContext, train: list[RelationInstance]) -> dict[str, tuple]:
+        """The model's view, before training, of the old relations on the task's training instances: per uid, the
+        distill_top_k best old labels after the plain prompt and their softmax (recorded in distill/task_XX.jsonl).
+        Only the first round's plain examples of these instances carry them: in the consolidation round the memory's
+        instances are their relations' own, which the round trains plainly (the previous model's view of a memorised
+        instance is its gold), and the weights before the task are gone by then."""
+        c = self.cfg
+        old = [r for r in ctx.seen if r.id not in ctx.task.relations]
+        if not c.distill_weight or len(old) < 2 or not train:
+            return {}
+        examples = [ctx.plain(x) for x in train]
+        targets = distributed.map_sharded(
+            lambda exs: soft_targets(
+                ctx.model,
+                ctx.tok,
+                exs,
+                [r.name for r in old],
+                top_k=c.distill_top_k,
+                temperature=c.distill_temperature,
+                max_length=ctx.cfg.train.max_length,
+                batch_size=ctx.cfg.eval.batch_size,
+            ),
+            examples,
+        )
+        rel_id = {r.name: r.id for r in old}
+        rows = [
+            {"uid": x.uid, "gold": x.relation, "targets": [[rel_id[n], round(p, 4)] for n, p in t]}
+            for x, t in zip(train, targets)
+        ]
+        (ctx.run_dir / "distill").mkdir(exist_ok=True)
+        (ctx.run_dir / "distill" / f"task_{ctx.task.index:02d}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+        return {x.uid: t for x, t in zip(train, targets)}
 
     def held_out(self, ctx: TaskContext) -> dict[str, list[RelationInstance]]:
         """With probe_unseen: the probe of the task's relations, drawn from its training data before training
@@ -91,7 +133,8 @@ class Errwise:
 
     def training_examples(self, ctx: TaskContext) -> list[Example]:
         learned = {r.id for r in ctx.seen} - set(ctx.task.relations)
-        return self._examples(ctx, self.cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index))
+        rng = random.Random(ctx.cfg.train.seed + ctx.task.index)
+        return self._examples(ctx, self.cases, learned, rng, self.targets)
 
     def consolidation_examples(self, ctx: TaskContext) -> list[Example]:
         """The memory of every seen relation (this task's included), answered by the model after the first
@@ -103,9 +146,12 @@ class Errwise:
         learned = {r.id for r in ctx.seen}  # this task's relations have been trained on by now
         return self._examples(ctx, cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))
 
-    def _examples(self, ctx: TaskContext, cases, learned: set[str], rng: random.Random) -> list[Example]:
+    def _examples(
+        self, ctx: TaskContext, cases, learned: set[str], rng: random.Random, targets: dict | None = None
+    ) -> list[Example]:
         """`learned`: relations the model has been trained on; with error_scope `learned` only a wrong answer on
-        an instance of one of them makes an error case (a relation the model was taught, yet got wrong)."""
+        an instance of one of them makes an error case (a relation the model was taught, yet got wrong).
+        `targets`: distillation targets by uid, carried by the plain example of each training case (once)."""
         c = self.cfg
         probe = self._probe(ctx)
         by_rel: dict[str, list[RelationInstance]] = {
@@ -127,10 +173,11 @@ class Errwise:
                 continue
             kind = "plain" if source == "train" else "memory"
             if not wrong_case:
-                base.append(ctx.plain(x, kind=kind))
+                base.append(self._distilled(ctx.plain(x, kind=kind), targets))
                 continue
             err = ctx.plain(x, kind=kind + "-error", weight=c.error_weight)
-            base.append(dataclasses.replace(err, rejected=ctx.relation(pred).name, rank_weight=c.rank_weight))
+            err = dataclasses.replace(err, rejected=ctx.relation(pred).name, rank_weight=c.rank_weight)
+            base.append(self._distilled(err, targets))
             out += self._error_focused(ctx, x, pred, kind + "-error", by_rel, rng)
         if c.error_fraction is not None and out and base:
             # At a fixed step budget every error-focused example displaces plain training. On a new task nearly
@@ -144,6 +191,14 @@ class Errwise:
                 # examples answering its relation, which the model then over-predicted (docs/results.md).
                 out = out * (n // len(out)) + rng.sample(out, n % len(out))
         return base + out
+
+    def _distilled(self, ex: Example, targets: dict | None) -> Example:
+        if not targets or ex.uid not in targets:
+            return ex
+        c = self.cfg
+        return dataclasses.replace(
+            ex, distill=targets[ex.uid], distill_weight=c.distill_weight, distill_temperature=c.distill_temperature
+        )
 
     def _error_focused(self, ctx: TaskContext, x: RelationInstance, pred: str, kind: str, by_rel, rng) -> list[Example]:
         """The error-focused examples of error case `x` answered `pred`: extra plain copies, the confronting
