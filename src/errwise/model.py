@@ -480,8 +480,8 @@ class _TreeCache:
         self.node_of = torch.cat([self.node_of, self.node_of.new_full((len(self.node_of), extra), -1)], dim=1)
 
     def feed(self, model: PreTrainedModel, rows: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
-        """Feed `nodes` (R, Q) (-1 = padding) after prompt `rows` (R,) and their cached ancestors; store their
-        keys/values. Returns the logits (R, Q, V)."""
+        """Feed `nodes` (R, Q) (-1 = padding) after prompt `rows` (R,) and their ancestors, cached or fed in the
+        same call; store their keys/values. Returns the logits (R, Q, V)."""
         R, Q = nodes.shape
         n = len(self.token) - 1
         nodes_x = nodes.masked_fill(nodes < 0, n)
@@ -496,7 +496,9 @@ class _TreeCache:
             [
                 self.prompt_mask[rows, None, :].expand(R, Q, P),
                 self.ancestor[nodes_x[:, :, None], cols[:, None, :]],  # (R, Q, w) cached ancestors
-                torch.eye(Q, dtype=torch.bool, device=nodes.device).expand(R, Q, Q),  # itself (padding too: no NaN)
+                # itself (padding too: no NaN), and its ancestors fed in this same call
+                self.ancestor[nodes_x[:, :, None], nodes_x[:, None, :]]
+                | torch.eye(Q, dtype=torch.bool, device=nodes.device),
             ],
             dim=2,
         )
@@ -521,6 +523,31 @@ class _TreeCache:
         self.node_of[rows[r], dest] = nodes[r, q]
         self.used[rows] += valid.sum(1)
         return out.logits
+
+
+def with_best_subtree(
+    picks: torch.Tensor,
+    node_score: torch.Tensor,
+    depth1: torch.Tensor,
+    subtree: torch.Tensor,
+    depth: torch.Tensor,
+    cap: int = 16,
+) -> torch.Tensor:
+    """The first round's feed: `picks` (B, W) and, per prompt, every inner node under its best first token (at most
+    `cap` of them; a larger subtree is left to later rounds), ordered by depth, -1 = padding (B, Q).
+
+    Fed together (an ancestor fed in the same call is attended to), they score every label under that first
+    token in this one round, so a confident model's answer is complete after one round instead of one round per
+    label token, and its score prunes the rest at once. The search stays exact: this only feeds more per round."""
+    B, N = node_score.shape
+    best = depth1[node_score[:, depth1].argmax(1)]  # (B,) each prompt's best first token's node
+    chosen = subtree[best]  # (B, N)
+    chosen &= chosen.sum(1, keepdim=True) <= cap
+    valid = picks >= 0
+    chosen[valid.nonzero(as_tuple=True)[0], picks[valid]] = True
+    key = torch.where(chosen, depth[None, :], N + depth.max() + 1)  # chosen first, parents before children
+    order = key.argsort(dim=1, stable=True)
+    return order.masked_fill(~chosen.gather(1, order), -1)
 
 
 @dataclass(frozen=True)
@@ -610,6 +637,10 @@ def score_candidates(
     known = (parent < 0).expand(B, N).clone()  # (B, N) node_score is set
     fed = torch.zeros((B, N), dtype=torch.bool, device=device)
     parent_x = parent.masked_fill(parent < 0, N)  # N: a dummy column that is never fed
+    depth = labels.depth.to(device)
+    levels = range(2, int(depth.max()) + 1)
+    # subtree[r, q]: inner node q lies in the subtree of node r (r itself included), for the first round's feed.
+    subtree = (labels.ancestor.T | torch.eye(N, dtype=torch.bool)).to(device) & inner[None, :]
     alone = None
     if first_token:
         top = first[:, token[depth1]].max(1, keepdim=True).values  # (B, 1) the best first token's log-prob
@@ -635,6 +666,8 @@ def score_candidates(
             break
         picks = priority.masked_fill(~todo, float("-inf")).topk(min(width, N), dim=1).indices  # (B, width)
         picks = picks.masked_fill(~todo.gather(1, picks), -1)
+        if rnd == 0 and not exhaustive and not first_token:
+            picks = with_best_subtree(picks, node_score, depth1, subtree, depth)
         picks = picks[:, : int((picks >= 0).sum(1).max())]  # (B, Q), -1 = padding
         rows = (picks >= 0).any(1).nonzero().squeeze(1)
         for chunk in rows.split(max(1, max_tokens // picks.shape[1])):
@@ -650,8 +683,14 @@ def score_candidates(
             hit = q >= 0
             q = q.clamp(min=0)
             z = logits.flatten(1).gather(1, q * logits.shape[2] + token).float()
-            child = node_score[chunk][:, parent.clamp(min=0)] + (z - lse.gather(1, q)).clamp(max=0)
-            node_score[chunk] = torch.where(hit, child, node_score[chunk])
+            logp = (z - lse.gather(1, q)).clamp(max=0)  # (R, N)
+            # A parent fed in this same call gets its own score first: depth by depth.
+            scores_now = node_score[chunk]
+            for d in levels:
+                at = hit & (depth == d)
+                if at.any():
+                    scores_now = torch.where(at, scores_now[:, parent.clamp(min=0)] + logp, scores_now)
+            node_score[chunk] = scores_now
             known[chunk] |= hit
             fed[chunk] |= torch.zeros_like(slot, dtype=torch.bool).scatter_(1, nodes_x, True)[:, :N]
     scores = label_scores()
