@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-forward", action="store_true", help="time the exact prediction only")
     ap.add_argument("--save", help="write the predictions (JSON) here")
+    ap.add_argument("--profile", type=int, default=0, help="also print the N costliest operators of the prediction")
     ap.add_argument("--agree", nargs=2, metavar=("A", "B"), help="compare two saved prediction files and exit")
     args = ap.parse_args()
     if args.agree:
@@ -103,7 +104,9 @@ def main() -> None:
     model = load_model(
         args.model, device=torch.device("cpu"), dtype=getattr(torch, args.dtype), lora=True, adapter=adapter
     )
+    t = time.perf_counter()
     prompts = evaluate.prompt_ids(tok, xs, None, 256)
+    tokenise = time.perf_counter() - t
     evaluate.candidate_scores(model, tok, xs[: args.batch_size], relations, batch_size=args.batch_size)  # warm-up
     line = f"{args.n} sentences, 80 candidates, {args.dtype}, batch {args.batch_size}, {args.threads} thread(s)"
     if not args.skip_forward:
@@ -113,7 +116,16 @@ def main() -> None:
     t = time.perf_counter()
     best, _ = evaluate.candidate_scores(model, tok, xs, relations, batch_size=args.batch_size)
     exact = time.perf_counter() - t
-    print(f"{line}; exact prediction {args.n / exact:.2f} sentences/s")
+    print(
+        f"{line}; exact prediction {args.n / exact:.2f} sentences/s; "
+        f"tokenisation {1e3 * tokenise / args.n:.2f} ms/sentence"
+    )
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            evaluate.candidate_scores(model, tok, xs, relations, batch_size=args.batch_size)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
     if args.save:
         pred = [relations[b].id for b in best.tolist()]
         label = f"{args.dtype} {args.save}"
