@@ -62,22 +62,11 @@ def free_port() -> int:
 
 def tiny_source(root: Path) -> Path:
     """A tiny run (2 tasks x 2 built-in relations, replay) of the tests' tiny random model."""
-    from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
-    from errwise.run import run
-
     sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_tiny_model, tokenizer_texts
+    from conftest import build_tiny_model, tiny_run, tokenizer_texts
 
     model = build_tiny_model(root / "tiny-llama", tokenizer_texts())
-    cfg = RunConfig(
-        data=DataConfig(dataset="builtin", num_tasks=2, relations_per_task=2, train_size=8, test_size=4),
-        model=ModelConfig(name=str(model), lora_r=4, lora_alpha=8),
-        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
-        method=MethodConfig(name="replay", memory_per_relation=2),
-        eval=EvalConfig(batch_size=8),
-        output_dir=str(root / "run"),
-    )
-    return run(cfg)
+    return tiny_run(model, root / "run")
 
 
 def start_server(source: Path, state: Path, port: int, log: Path, steps: int | None) -> subprocess.Popen:

@@ -72,6 +72,22 @@ def build_tiny_model(path: Path, texts: list[str]) -> Path:
     return path
 
 
+def tiny_run(model_dir: Path, out: Path) -> Path:
+    """A tiny `errwise run`: 2 tasks x 2 builtin relations, replay with 2 memory instances per relation."""
+    from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
+    from errwise.run import run
+
+    cfg = RunConfig(
+        data=DataConfig(dataset="builtin", num_tasks=2, relations_per_task=2, train_size=8, test_size=4),
+        model=ModelConfig(name=str(model_dir), lora_r=4, lora_alpha=8),
+        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+        method=MethodConfig(name="replay", memory_per_relation=2),
+        eval=EvalConfig(batch_size=8),
+        output_dir=str(out),
+    )
+    return run(cfg)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A local model folder usable anywhere a model name is: `--model.name <this path>`."""

@@ -10,13 +10,13 @@ import sys
 import pytest
 import torch
 
+from conftest import tiny_run
 from errwise.cli import main
-from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
 from errwise.data.formats import BUILTIN_DIR
 from errwise.errors import ErrwiseError
 from errwise.extractor import Extractor, as_instances, instance_row, score_all
 from errwise.prompts import plain_prompt
-from errwise.run import make_stream, run
+from errwise.run import make_stream
 
 SENTENCES = [
     {"text": "Ada Byron married William King in 1835.", "head": "Ada Byron", "tail": "William King"},
@@ -43,16 +43,7 @@ def tree_hash(folder):
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model_dir, tmp_path_factory):
-    """A tiny `errwise run`: 2 tasks x 2 builtin relations, replay with 2 memory instances per relation."""
-    cfg = RunConfig(
-        data=DataConfig(dataset="builtin", num_tasks=2, relations_per_task=2, train_size=8, test_size=4),
-        model=ModelConfig(name=str(tiny_model_dir), lora_r=4, lora_alpha=8),
-        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
-        method=MethodConfig(name="replay", memory_per_relation=2),
-        eval=EvalConfig(batch_size=8),
-        output_dir=str(tmp_path_factory.mktemp("x") / "run"),
-    )
-    out = run(cfg)
+    out = tiny_run(tiny_model_dir, tmp_path_factory.mktemp("x") / "run")
     assert NEW not in {r for line in read_jsonl(out / "metrics.jsonl") for r in line["relations"]}
     return out
 

@@ -13,17 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from errwise.config import DataConfig, EvalConfig, MethodConfig, ModelConfig, RunConfig, TrainConfig
 from errwise.errors import ErrwiseError
 from errwise.extractor import Extractor, source_relations
-from errwise.run import run
 
 pytest.importorskip("fastapi", reason="errwise serve needs FastAPI: pip install -e '.[serve]'")
 pytest.importorskip("httpx2", reason="FastAPI's TestClient needs httpx2: pip install -e '.[dev]'")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import ServeProcess, free_port  # noqa: E402
+from conftest import ServeProcess, free_port, tiny_run  # noqa: E402
 from errwise.serve.app import create_app  # noqa: E402
 from errwise.serve.service import open_service  # noqa: E402
 from errwise.serve.store import Store  # noqa: E402
@@ -33,19 +31,6 @@ TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ADA = {"text": "Ada Byron married William King in 1835 .", "head": "Ada Byron", "tail": "William King"}
 BOB = {"tokens": ["Bob", "founded", "Acme", "."], "head": [2, 3], "tail": [0, 1], "id": "s3"}
-
-
-def tiny_run(model_dir: Path, out: Path) -> Path:
-    """A tiny `errwise run`: 2 tasks x 2 builtin relations, replay with 2 memory instances per relation."""
-    cfg = RunConfig(
-        data=DataConfig(dataset="builtin", num_tasks=2, relations_per_task=2, train_size=8, test_size=4),
-        model=ModelConfig(name=str(model_dir), lora_r=4, lora_alpha=8),
-        train=TrainConfig(epochs=1, batch_size=4, lr=1e-3),
-        method=MethodConfig(name="replay", memory_per_relation=2),
-        eval=EvalConfig(batch_size=8),
-        output_dir=str(out),
-    )
-    return run(cfg)
 
 
 @pytest.fixture(scope="module")
