@@ -195,6 +195,25 @@ def test_report_confusions_summed_over_runs(report):
     ]
 
 
+def test_compare_lists_the_most_confused_pairs_both_ways(runs):
+    text = compare_table(runs).split("### Most confused pairs")[1]
+    assert "Ranked by the counts of replay." in text
+    header = table_rows(text, "Pair")[0]
+    assert header == ["Pair", "replay", "finetune", "errwise — incomplete (2/3 tasks)"]
+    # replay after task 3 (see test_report_confusions_summed_over_runs): order 0 P0->P4 x4, P2->P4 x3, P4->P5 x2;
+    # order 1 P2->P1 x5, P0->P1 x4, P1->P4 x3. finetune's complete order 0, row [0 .1 1]: P0->P4 x10, P2->P4 x9
+    # (its order 1 and errwise are incomplete: not counted). Ties by relation id: (P0, P1) before (P0, P4).
+    assert table_rows(text, "all errors") == [["all errors", "21", "19", "0"]]
+    assert table_rows(text, "rel") == [
+        ["rel b ↔ rel c", "5", "0", "0"],
+        ["rel a ↔ rel b", "4", "0", "0"],
+        ["rel a ↔ rel e", "4", "10", "0"],
+        ["rel b ↔ rel e", "3", "0", "0"],
+        ["rel c ↔ rel e", "3", "9", "0"],
+        ["rel e ↔ rel f", "2", "0", "0"],
+    ]
+
+
 def test_compare_table_pairs_runs_by_order(runs, tmp_path):
     text = compare_table(runs)
     header = table_rows(text, "Method")[0]

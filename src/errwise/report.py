@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shlex
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +281,37 @@ def confusions_section(label: str, st: GroupStats, top: int = 10) -> str:
     return head + "\n\n" + _table(["Gold", "Predicted", "Count", "Share of errors"], rows)
 
 
+def confused_pairs_table(
+    groups: dict[str, list[RunResult]], stats: dict[str, GroupStats], baseline: str, top: int = 10
+) -> str:
+    """The `top` most confused relation pairs after the last task, both directions counted (a <-> b), summed over
+    each group's complete runs, one column per group: ranked by the baseline's counts where there is one, else
+    by the counts of all groups. Whether a mechanism makes the analogous pairs fall shows here."""
+    counts: dict[str, Counter] = {}
+    names: dict[str, str] = {}
+    for label, runs in groups.items():
+        c: Counter = Counter()
+        for r in runs:
+            if not r.complete:
+                continue
+            names.update(r.relations)
+            c.update(tuple(sorted((p["gold"], p["pred"]))) for p in last_predictions(r) if not p["correct"])
+        counts[label] = c
+    if not any(counts.values()):
+        return ""
+    base = _baseline_label(groups, baseline)
+    rank = counts[base] if base else sum(counts.values(), Counter())
+    ranked = sorted(rank, key=lambda pair: (-rank[pair], pair))[:top]
+    labels = list(groups)
+    rows = [["all errors", *(str(sum(counts[g].values())) for g in labels)]]
+    rows += [[f"{names[a]} ↔ {names[b]}", *(str(counts[g][(a, b)]) for g in labels)] for a, b in ranked]
+    head = (
+        "### Most confused pairs (both directions, summed over complete runs, after the last task)\n\n"
+        f"Ranked by the counts of {base or 'all groups'}."
+    )
+    return head + "\n\n" + _table(["Pair", *(_row_label(g, stats[g]) for g in labels)], rows)
+
+
 def phases_table(stats: dict[str, GroupStats]) -> str:
     """Seconds per phase of the loop, summed over tasks, mean over runs: where the time goes."""
     phases: list[str] = []
@@ -490,7 +522,8 @@ def compare_table(
         plot_seen_accuracy(stats, Path(plot))
     table = _compare(groups, stats, baseline)
     runs = [r for g in groups.values() for r in g]
-    extra = [subsample_note(runs), error_case_table(groups), helper_cost_table(groups), environment_note(groups)]
+    extra = [subsample_note(runs), error_case_table(groups), confused_pairs_table(groups, stats, baseline)]
+    extra += [helper_cost_table(groups), environment_note(groups)]
     extra = [t for t in extra if t]
     return "\n\n".join([table, *extra])
 
