@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ _WEIGHTS = ("*.safetensors", "*.bin")
 _PACKAGES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "gguf", "numpy")
 # Fields that name the environment; `compare` reports a difference in any of them.
 COMPARED = (
+    "errwise",
     "python",
     *_PACKAGES,
     "model_weights",
@@ -59,6 +61,25 @@ def version(package: str) -> str | None:
         return None
 
 
+def code_version(source: Path = Path(__file__).parent) -> str:
+    """errwise's version and, when it runs from a git checkout, the commit (`+g` and 12 hex digits, `.dirty` with
+    uncommitted changes to tracked files): a change of errwise's own arithmetic (the evaluation path, say) moves
+    numbers as a library's does."""
+    from errwise import __version__
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    try:
+        # Only when errwise's own files are tracked there (an install inside another checkout's ignored venv is not).
+        commit = git("ls-files", "--", ".") and git("rev-parse", "--short=12", "HEAD")
+        dirty = commit and git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}" + (".dirty" if dirty else "") if commit else __version__
+
+
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     """The processor's bf16-related flags (avx512_bf16, amx_bf16, amx_tile) from /proc/cpuinfo; [] elsewhere."""
     try:
@@ -91,7 +112,7 @@ def collect(model_path: str, model: torch.nn.Module, tok: PreTrainedTokenizerBas
     """The environment of a run that loaded `model` and `tok` from `model_path` (a folder, or a hub id) onto
     `device`."""
     folder = Path(model_path)
-    env: dict = {"python": platform.python_version(), **{p: version(p) for p in _PACKAGES}}
+    env: dict = {"errwise": code_version(), "python": platform.python_version(), **{p: version(p) for p in _PACKAGES}}
     if folder.is_dir():
         env["model_weights"] = files_digest(folder, _WEIGHTS)
         conversion = folder / CONVERSION_FILE
