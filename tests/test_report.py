@@ -287,3 +287,18 @@ def test_compare_names_the_environment_fields_that_differ(tmp_path):
     assert "dtype:" not in out and "threads:" not in out  # the fields that agree are not named
     (b / "environment.jsonl").write_text(json.dumps(env) + "\n")
     assert "transformers:" not in compare_table([a, b])
+
+
+def test_a_kept_record_with_gzipped_predictions_reads_the_same(runs, tmp_path):
+    import gzip
+    import shutil
+
+    from errwise.report import last_predictions
+
+    kept = tmp_path / "replay-0"
+    shutil.copytree(runs[0], kept)
+    last = kept / "predictions" / "task_02.jsonl"
+    last.with_suffix(".jsonl.gz").write_bytes(gzip.compress(last.read_bytes()))
+    last.unlink()
+    assert last_predictions(load_run(kept)) == last_predictions(load_run(runs[0]))
+    assert len(last_predictions(load_run(kept))) == 30

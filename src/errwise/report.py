@@ -11,6 +11,7 @@ from `predictions/`.
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import math
 import os
@@ -112,7 +113,11 @@ def load_run(path: Path) -> RunResult:
 def last_predictions(run: RunResult) -> list[dict]:
     """Predictions on every seen relation after the run's last completed task."""
     path = run.path / "predictions" / f"task_{run.tasks_done - 1:02d}.jsonl"
-    return [json.loads(s) for s in path.read_text().splitlines() if s.strip()]
+    if not path.is_file() and path.with_suffix(".jsonl.gz").is_file():  # a kept record, compressed
+        text = gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
+    else:
+        text = path.read_text()
+    return [json.loads(s) for s in text.splitlines() if s.strip()]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
