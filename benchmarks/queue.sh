@@ -5,6 +5,8 @@
 # OUT_DIR/NAME holding summary.json is skipped; one holding config.yaml is resumed (`errwise run OUT_DIR/NAME`);
 # KEPT_DIR/NAME holding summary.json (a record kept by benchmarks/keep_runs.py in an earlier session) is skipped too;
 # the log goes to OUT_DIR/NAME.log. Lines are taken in order (on 2 cores, two 1-thread runs beat one 2-thread run).
+# A run is claimed with flock on OUT_DIR/NAME.lock while it runs, so several queues (one worker each, say) may share
+# a jobs file: each skips what another is running, and a lane that finishes early takes the next unclaimed line.
 set -u
 jobs=$1; out=$2; workers=${3:-2}; kept=${4:-}
 mkdir -p "$out"
@@ -13,6 +15,9 @@ run_one() {
   local dir="$out/$name"
   [ -f "$dir/summary.json" ] && return
   [ -n "$kept" ] && [ -f "$kept/$name/summary.json" ] && return
+  exec 9>"$dir.lock"
+  flock -n 9 || return
+  [ -f "$dir/summary.json" ] && return
   if [ -f "$dir/config.yaml" ]; then
     OMP_NUM_THREADS=1 errwise run "$dir" >> "$dir.log" 2>&1
   else
