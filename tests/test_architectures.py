@@ -177,6 +177,33 @@ def test_lora_adapts_every_linear_layer_learns_and_reloads(arch_dir, tmp_path):
     torch.testing.assert_close(scores2, scores)
 
 
+def test_a_shared_prefix_in_training_gives_the_full_rows_loss_and_gradients(arch_dir):
+    """Training's `collate(..., shared)`: the prompts' common tokens run once, the rows on their keys/values, with
+    gradients through them: the same answer losses and adapter gradients as the full rows."""
+    tok = load_tokenizer(str(arch_dir))
+    torch.manual_seed(0)
+    model = _load(arch_dir, lora=True, lora_r=4, lora_alpha=8)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    prompts = [tok(f"What is the relation here?\nSentence: {s}\nRelation:")["input_ids"] for s in SENTENCES[:3]]
+    answers = [tok(" " + n, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for n in NAMES[:3]]
+    rows = [(p + a, [-100] * len(p) + a) for p, a in zip(prompts, answers)]
+    shared = len(shared_prefix(prompts))
+    assert shared >= 4
+    model.eval()  # gradients still flow; eval only turns off dropout (GPT-2's), whose masks differ with the shapes
+    results = []
+    for k in (0, shared):
+        model.zero_grad()
+        nll, _ = answer_nll(model, collate(rows, tok.pad_token_id, k))
+        nll.sum().backward()
+        results.append((nll.detach(), [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]))
+    (full, g_full), (once, g_once) = results
+    torch.testing.assert_close(once, full, atol=1e-4, rtol=1e-4)
+    for a, b in zip(g_once, g_full):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+
+
 def test_memory_embedding_equals_an_unpadded_forward(arch_dir):
     tok = load_tokenizer(str(arch_dir))
     model = _load(arch_dir, lora=False).eval()

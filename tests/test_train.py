@@ -178,3 +178,106 @@ def test_the_cost_of_distillation_per_training_step(tiny):
         f"\ntiny model, batch 2, 5 labels each: {seconds['plain'] * 1e3:.1f} ms/step plain, "
         f"{seconds['distill'] * 1e3:.1f} ms/step with distillation ({seconds['distill'] / seconds['plain']:.2f}x)"
     )
+
+
+def test_bf16_adapters_match_peft_s_fp32_path_and_see_every_update(tiny_model_dir, tiny):
+    """A bf16 model with fp32 LoRA adapters: under `adapters_in_weight_dtype` the answer losses equal PEFT's fp32
+    adapter path to bf16 precision, the adapters stay fp32 and get gradients, and training with it follows the fp32
+    path step by step (a cast cached across steps would freeze the adapters at their first values)."""
+    from errwise.model import load_model
+    from errwise.train import adapters_in_weight_dtype
+
+    _, tok = tiny
+    torch.manual_seed(0)
+    model = load_model(str(tiny_model_dir), device=torch.device("cpu"), dtype=torch.bfloat16, lora=True, lora_r=4)
+    for name, p in model.named_parameters():  # non-zero B: the adapters change the output from the start
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    batch = collate([encode(tok, Example(PROMPT, a), 64) for a in (GOLD, WRONG)], tok.pad_token_id)
+    ids = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        plain = model(**ids).logits.float()
+        with adapters_in_weight_dtype(model):
+            fast = model(**ids).logits
+        model.base_model.disable_adapter_layers()
+        without = model(**ids).logits.float()
+        model.base_model.enable_adapter_layers()
+    assert fast.dtype == torch.bfloat16  # the adapted layers' sums stayed in bf16
+    real = batch["attention_mask"].bool()  # padding positions are left out
+    effect = (plain - without)[real].abs().mean()
+    assert effect > 10 * plain[real].abs().mean() * 2**-8  # the adapters move the logits far beyond bf16's rounding
+    assert (fast.float() - plain)[real].abs().mean() < 0.1 * effect
+    with adapters_in_weight_dtype(model):
+        answer_nll(model, batch)[0].sum().backward()
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in lora)
+    assert any(p.grad.abs().sum() > 0 for p in lora)
+    model.zero_grad()
+
+    with torch.no_grad(), adapters_in_weight_dtype(model):  # an update inside one context is seen at once
+        before = model(**ids).logits.float()
+        for p in lora:
+            p.mul_(1.5)
+        after = model(**ids).logits.float()
+    assert (after - before)[real].abs().mean() > 0.05 * effect  # a cast cached by autocast would give 0
+    seen: list[float] = []
+    train(
+        model, tok, [Example(PROMPT, GOLD)], epochs=1, max_steps=6, batch_size=1, lr=1e-2, weight_decay=0.0,
+        warmup_ratio=0.0, max_length=64, seed=0, on_step=seen.append,
+    )  # fmt: skip
+    assert seen[-1] < seen[0] - 0.1  # and training through it trains the fp32 adapters
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("rank_pairs", [False, True])
+def test_the_shared_instruction_once_per_batch_gives_the_same_loss_and_gradients(tiny_model_dir, tiny, rank_pairs):
+    """`collate(..., shared)`: the prompts' common first tokens run once and every row attends to their keys/values
+    (prefix, left padding, rest): the answer losses and the adapters' gradients equal the full rows' (fp32), and
+    `train` counts the same tokens and ends at the same loss with and without it."""
+    from errwise.evaluate import shared_prefix
+    from errwise.model import load_model
+
+    _, tok = tiny
+    torch.manual_seed(0)
+    model = load_model(str(tiny_model_dir), device=torch.device("cpu"), dtype=torch.float32, lora=True, lora_r=4)
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    prompts = [
+        PROMPT,
+        "What is the relation of the head to the tail?\nSentence: Ana Velk works for Lisbon Bank .\nHead: Ana Velk\n"
+        "Tail: Lisbon Bank\nRelation:",
+        "What is the relation of the head to the tail?\nSentence: Bo , the son of Al , slept .\nHead: Bo\nTail: Al\n"
+        "Relation:",
+    ]
+    prompts[0] = "What is the relation of the head to the tail?\n" + PROMPT
+    exs = [Example(p, a, rejected=WRONG if rank_pairs else "", rank_weight=1.0 if rank_pairs else 0.0)
+           for p, a in zip(prompts, [GOLD, "employer", "father"])]  # fmt: skip
+    rows = [encode(tok, ex, 64) for ex in exs]
+    if rank_pairs:
+        rows += [encode(tok, Example(ex.prompt, ex.rejected), 64) for ex in exs]
+    shared = len(shared_prefix([ids[: lab.count(-100)] for ids, lab in rows]))
+    assert shared >= 8  # the instruction's tokens
+
+    def loss_and_grads(k: int):
+        model.zero_grad()
+        nll, n = answer_nll(model, collate(rows, tok.pad_token_id, k))
+        nll.sum().backward()
+        return nll.detach(), n, [p.grad.clone() for n_, p in model.named_parameters() if "lora_" in n_]
+
+    full, n_full, g_full = loss_and_grads(0)
+    once, n_once, g_once = loss_and_grads(shared)
+    assert "prefix" in collate(rows, tok.pad_token_id, shared) and n_once.tolist() == n_full.tolist()
+    assert torch.allclose(once, full, atol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(g_once, g_full))
+    model.zero_grad()
+
+    def run(share: bool):
+        m = copy.deepcopy(model)
+        return train(
+            m, tok, exs, epochs=1, max_steps=4, batch_size=3, lr=1e-2, weight_decay=0.0, warmup_ratio=0.0,
+            max_length=64, seed=0, share_prefix=share,
+        )  # fmt: skip
+
+    a, b = run(True), run(False)
+    assert a.tokens == b.tokens and a.loss == pytest.approx(b.loss, abs=1e-4)

@@ -3,9 +3,10 @@ objectives an example may add (ranking against a rejected answer, distillation o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +14,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from errwise import distributed
-from errwise.model import build_labels, label_ids, score_candidates
+from errwise.evaluate import shared_prefix
+from errwise.model import Prefix, _forward_with_cache, build_labels, label_ids, score_candidates
 from errwise.prompts import Example
 
 
@@ -52,9 +54,13 @@ def bucketed_batches(lengths: list[int], batch_size: int, rng: random.Random) ->
     return batches
 
 
-def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, shared: int = 0) -> dict[str, torch.Tensor]:
     """Left-padded batch: every answer ends at the last position, so the loss needs the logits of the last few
-    positions only (`answer_width`), not of the whole prompt."""
+    positions only (`answer_width`), not of the whole prompt. `shared`: the rows' first `shared` tokens are the same
+    (the instruction every prompt starts with): they are kept once, as `prefix`, and the rows hold the rest, laid
+    out after it as prefix, left padding, rest (`answer_nll` runs the prefix once for the batch)."""
+    prefix = encoded[0][0][:shared]
+    encoded = [(ids[shared:], lab[shared:]) for ids, lab in encoded]
     width = max(len(ids) for ids, _ in encoded)
     input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     labels = torch.full((len(encoded), width), -100, dtype=torch.long)
@@ -64,20 +70,37 @@ def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str
         labels[i, width - len(lab) :] = torch.tensor(lab)
         mask[i, width - len(ids) :] = 1
     answer_width = max(sum(t != -100 for t in lab) for _, lab in encoded)
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "answer_width": answer_width}
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "answer_width": answer_width}
+    if prefix:
+        batch["prefix"] = torch.tensor([prefix])
+    return batch
 
 
 def answer_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer-token negative log-likelihood of each row and its number of answer tokens, (batch,) each.
 
     The vocabulary projection (a fifth of a 135M model's FLOPs) and the softmax run on the answer positions
-    only (`logits_to_keep`), which leaves the loss unchanged and cuts a CPU step by about a quarter."""
+    only (`logits_to_keep`), which leaves the loss unchanged and cuts a CPU step by about a quarter. A batch with a
+    `prefix` (`collate`'s `shared`) runs it once and the rows on its keys/values, the same loss in fewer tokens."""
     mask = batch["attention_mask"]
     keep = batch["answer_width"] + 1  # the position before the answer predicts its first token
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=keep
-    ).logits  # (batch, keep, vocab)
+    prefix = batch.get("prefix")
+    if prefix is None:
+        out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+    else:  # the shared prefix once (batch 1), its keys/values expanded to every row; gradients flow back through it
+        _, cache = _forward_with_cache(model, None, input_ids=prefix, attention_mask=torch.ones_like(prefix))
+        past = Prefix(prefix.shape[1], [(layer.keys, layer.values) for layer in cache.layers]).cache(len(mask))
+        mask = torch.cat([mask.new_ones((len(mask), prefix.shape[1])), mask], dim=1)
+        out, _ = _forward_with_cache(
+            model,
+            past,
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            position_ids=positions + prefix.shape[1],
+            logits_to_keep=keep,
+        )
+    logits = out.logits  # (batch, keep, vocab)
     logits, labels = logits[:, :-1].float(), batch["labels"][:, -keep + 1 :]  # position t predicts token t+1
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
     return nll.sum(1), (labels != -100).sum(1).clamp(min=1)
@@ -232,6 +255,30 @@ def packed_loss(
     return loss + distill, distill, batch["tokens"]
 
 
+@contextlib.contextmanager
+def adapters_in_weight_dtype(model: PreTrainedModel) -> Iterator[None]:
+    """The forward with LoRA adapters computed in the frozen weights' bf16 rather than in fp32.
+
+    PEFT keeps the trainable adapters in fp32 (the optimiser's master copy) and casts every adapted layer's input
+    to fp32 and the sum back: on CPU those casts, fp32 additions and skinny fp32 products were a quarter of a bf16
+    step (docs/speed.md, "Training"). Under autocast the small adapter matrices are cast to bf16 instead (each
+    call: `cache_enabled=False`, since the optimiser changes them every step) and the activations stay in bf16, as
+    in the Hugging Face recipe with `bf16=True`; gradients reach the fp32 adapters through the casts. A no-op for
+    fp32 models, models without adapters, and fp16 (whose range autocast does not guard here)."""
+    frozen = next((p for p in model.parameters() if not p.requires_grad and p.is_floating_point()), None)
+    peft = hasattr(model, "peft_config")
+    if frozen is None or frozen.dtype != torch.bfloat16 or not peft:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    with (
+        torch.autocast(frozen.device.type, dtype=torch.bfloat16, cache_enabled=False),
+        disable_input_dtype_casting(model),
+    ):
+        yield
+
+
 def step_budget(n_examples: int, epochs: float, batch_size: int) -> int:
     """Optimiser steps of `epochs` passes over `n_examples` examples."""
     return max(1, round(epochs * math.ceil(n_examples / batch_size)))
@@ -252,12 +299,14 @@ def train(
     seed: int,
     desc: str = "train",
     on_step: Callable[[float], None] | None = None,
+    share_prefix: bool = True,
 ) -> TrainStats:
     """AdamW with linear warmup and decay, a fresh optimiser per call (per task), as CRE codebases do.
 
     The budget is `epochs` passes over `examples`, or exactly `max_steps` optimiser steps (the loop sets them
     for equal-budget comparisons and the consolidation round); the data are cycled. `on_step` gets each step's
-    loss (experiment tracking).
+    loss (experiment tracking). `share_prefix`: the tokens every prompt starts with run once per batch (`collate`);
+    False: every row in full (the reference).
     """
     kinds: dict[str, int] = {}
     for ex in examples:
@@ -273,6 +322,9 @@ def train(
         for i, ex in enumerate(examples)
         if ex.rejected and ex.rank_weight > 0
     }
+    # The instruction every prompt starts with runs once per batch (single process: DDP wants one forward a step).
+    prompts = [ids[: lab.count(-100)] for ids, lab in list(encoded) + list(rejected.values())]
+    shared = len(shared_prefix(prompts)) if share_prefix and distributed.world() == 1 else 0
     steps = max_steps or step_budget(len(examples), epochs, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -300,19 +352,21 @@ def train(
         distill = torch.zeros(())
         if not stand_in and any(examples[i].distill and examples[i].distill_weight > 0 for i in local):
             # Distillation targets: each example's prompt runs once, followed by all of its answers.
-            loss, distill, n_tokens = packed_loss(net, tok, [examples[i] for i in local], w, max_length)
+            with adapters_in_weight_dtype(model):
+                loss, distill, n_tokens = packed_loss(net, tok, [examples[i] for i in local], w, max_length)
         else:
             pairs = [] if stand_in else [j for j, i in enumerate(local) if i in rejected]
             rows = [encoded[i] for i in local] + [rejected[local[j]] for j in pairs]
-            batch = collate(rows, tok.pad_token_id)
+            batch = collate(rows, tok.pad_token_id, shared)
+            n_tokens = 0 if stand_in else int(batch["attention_mask"].sum()) + len(rows) * shared
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            nll, n = answer_nll(net, batch)  # (rows,)
+            with adapters_in_weight_dtype(model):
+                nll, n = answer_nll(net, batch)  # (rows,)
             losses = nll[: len(local)] / n[: len(local)]  # mean answer-token cross-entropy per example
             loss = (losses * w.to(device)).sum()
             if pairs:
                 rank_w = torch.tensor([examples[local[j]].rank_weight for j in pairs], device=device)
                 loss = loss + (rank_losses(nll[pairs], nll[len(local) :]) * rank_w).sum()
-            n_tokens = 0 if stand_in else int(batch["attention_mask"].sum())
         # The weighted mean over the global batch; DDP averages gradients over processes, hence `* world`.
         loss = loss * world / len(idx)
         loss.backward()
