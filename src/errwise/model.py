@@ -564,15 +564,19 @@ class Prefix:
         )
 
 
+def run_prefix(model: PreTrainedModel, ids: torch.Tensor) -> Prefix:
+    """The keys/values of `ids` (1, P), the vocabulary projection on one position only; with gradients where they
+    are enabled (training's shared instruction, `train.answer_nll`)."""
+    _, cache = _forward_with_cache(model, None, input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1)
+    return Prefix(ids.shape[1], [(layer.keys, layer.values) for layer in cache.layers])
+
+
 @torch.no_grad()
 def encode_prefix(model: PreTrainedModel, ids: list[int]) -> Prefix | None:
     """The prefix's keys/values (None for an empty prefix)."""
     if not ids:
         return None
-    device = next(model.parameters()).device
-    x = torch.tensor([ids], device=device)
-    _, cache = _forward_with_cache(model, None, input_ids=x, attention_mask=torch.ones_like(x), logits_to_keep=1)
-    return Prefix(len(ids), [(layer.keys, layer.values) for layer in cache.layers])
+    return run_prefix(model, torch.tensor([ids], device=next(model.parameters()).device))
 
 
 @torch.no_grad()

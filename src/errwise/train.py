@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from errwise import distributed
 from errwise.evaluate import shared_prefix
-from errwise.model import Prefix, _forward_with_cache, build_labels, label_ids, score_candidates
+from errwise.model import _forward_with_cache, build_labels, label_ids, run_prefix, score_candidates
 from errwise.prompts import Example
 
 
@@ -89,8 +89,7 @@ def answer_nll(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[
     if prefix is None:
         out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, logits_to_keep=keep)
     else:  # the shared prefix once (batch 1), its keys/values expanded to every row; gradients flow back through it
-        _, cache = _forward_with_cache(model, None, input_ids=prefix, attention_mask=torch.ones_like(prefix))
-        past = Prefix(prefix.shape[1], [(layer.keys, layer.values) for layer in cache.layers]).cache(len(mask))
+        past = run_prefix(model, prefix).cache(len(mask))
         mask = torch.cat([mask.new_ones((len(mask), prefix.shape[1])), mask], dim=1)
         out, _ = _forward_with_cache(
             model,
