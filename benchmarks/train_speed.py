@@ -82,7 +82,7 @@ def fresh_model(args):
     return load_model(args.model, device=torch.device("cpu"), dtype=dtype, lora=True, lora_r=16)
 
 
-def run_errwise(args, tok, xs, order, profile: bool = False, before: bool = False) -> dict:
+def run_errwise(args, tok, xs, profile: bool = False, before: bool = False) -> dict:
     """errwise's `train`; `before`: as it was before bf16 adapters (`train.adapters_in_weight_dtype`: PEFT's fp32
     adapter path instead) and the shared instruction run once per batch (`share_prefix=False`: every row in full)."""
     model = fresh_model(args)
@@ -110,8 +110,7 @@ def run_errwise(args, tok, xs, order, profile: bool = False, before: bool = Fals
     if prof is not None:
         prof.__exit__(None, None, None)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
-    tokens = sum(sum(len(encode(tok, xs[i], args.max_length)[0]) for i in b) for b in order[1:])
-    return {"model": model, **elapsed(stamps), "tokens": tokens, "losses": losses}
+    return {"model": model, **elapsed(stamps), "losses": losses}
 
 
 def run_hf(args, tok, xs, order) -> dict:
@@ -149,8 +148,7 @@ def run_hf(args, tok, xs, order) -> dict:
         collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
         InOrder(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[Stamp()]).train()
     tok.padding_side = "left"
-    tokens = sum(sum(len(encode(tok, xs[i], args.max_length)[0]) for i in b) for b in order[1:])
-    return {"model": model, **elapsed(stamps), "tokens": tokens, "losses": losses}
+    return {"model": model, **elapsed(stamps), "losses": losses}
 
 
 @torch.no_grad()
@@ -185,6 +183,8 @@ def main() -> None:
     tok = load_tokenizer(args.model)
     xs, held = examples(args.fcre, args.steps * args.batch_size, args.heldout)
     order = batch_order(tok, xs, args.steps, args.batch_size, args.seed, args.max_length)
+    # Non-padding tokens of the timed steps: the same batches for every recipe.
+    tokens = sum(len(encode(tok, xs[i], args.max_length)[0]) for b in order[1:] for i in b)
     results: dict[str, dict] = {}
     names = args.recipes.split(",")
     for k in range(args.rounds):  # rounds alternate the order; the fastest round of each recipe is kept
@@ -192,8 +192,9 @@ def main() -> None:
             if name == "hf":
                 r = run_hf(args, tok, xs, order)
             else:
-                r = run_errwise(args, tok, xs, order, args.profile, before=name == "errwise-before")
+                r = run_errwise(args, tok, xs, args.profile, before=name == "errwise-before")
             r["heldout"] = heldout_loss(r.pop("model"), tok, held, args.max_length)
+            r["tokens"] = tokens
             rate = r["tokens"] / r["seconds"]
             print(f"round {k + 1} {name}: {rate:.0f} tokens/CPU-s, steps 2-{args.steps}", flush=True)
             if name not in results or r["seconds"] < results[name]["seconds"]:
