@@ -8,6 +8,7 @@ sentences and tiny counts: 3 training instances per task-1 relation, 2 per later
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -18,13 +19,14 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, tiny_run
 from errwise.cli import main
 from errwise.config import DataConfig, EvalConfig, RunConfig, from_dict, load_yaml, to_dict
 from errwise.data.formats import load_fcre
 from errwise.data.stream import fcre_order, fcre_stream, subsample
 from errwise.errors import ErrwiseError
-from errwise.run import eval_instances, make_stream
+from errwise.report import group_runs, load_run
+from errwise.run import eval_instances, make_stream, resume_config, run
 
 FCRE = SHARED / "fcre" / "fewrel"
 TACRED = Path(__file__).resolve().parent / "fixtures" / "fcre_tacred"
@@ -342,3 +344,85 @@ def test_tacred_preset_runs_end_to_end_on_tacred_files(tiny_model_dir, tmp_path,
     capsys.readouterr()
     assert main(["compare", str(out)]) == 0
     assert note in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- start_from
+
+
+def _tiny_fcre_args(tiny_model_dir, out, order, method="replay"):
+    args = ["run", str(REPO / "configs" / "fcre_tacred_5shot.yaml"), "--data.path", str(TACRED)]
+    args += ["--model.name", str(tiny_model_dir), "--model.lora_r", "4", "--model.lora_alpha", "8"]
+    args += ["--train.max_steps", "2", "--eval.intermediate_test", "1", "--eval.batch_size", "64"]
+    return [
+        *args,
+        "--data.num_tasks",
+        "3",
+        "--method.name",
+        method,
+        "--data.order",
+        str(order),
+        "--output_dir",
+        str(out),
+    ]
+
+
+def _tiny_fcre(tiny_model_dir, out, order, method="replay", *extra):
+    assert main([*_tiny_fcre_args(tiny_model_dir, out, order, method), *extra]) == 0
+    return out
+
+
+def _files(run: Path, sub: str) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / sub).glob("*"))} if (run / sub).is_dir() else {}
+
+
+@pytest.mark.parametrize("method", ["replay", "errwise"])
+def test_start_from_copies_the_shared_first_task_and_ends_as_a_full_run(tiny_model_dir, tmp_path, method):
+    """Order 1 started from order 0's run equals order 1 run from scratch: task 1 (cluster 7 for every seed) is
+    copied, tasks 2-3 trained; the same metrics, predictions, memory, error cases and final adapter."""
+    source = _tiny_fcre(tiny_model_dir, tmp_path / "order0", 0, method)
+    full = _tiny_fcre(tiny_model_dir, tmp_path / "order1", 1, method)
+    started = _tiny_fcre(tiny_model_dir, tmp_path / "started", 1, method, "--start_from", str(source))
+    lines = [json.loads(s) for s in (started / "metrics.jsonl").read_text().splitlines()]
+    assert [line.get("copied_from") for line in lines] == [str(source), None, None]
+    drop = ("seconds", "phase_seconds", "copied_from")
+    strip = lambda run: [  # noqa: E731
+        {k: v for k, v in json.loads(s).items() if k not in drop}
+        for s in (run / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert strip(started) == strip(full)
+    assert strip(started)[0] == strip(source)[0] and strip(full)[1] != strip(source)[1]
+    for sub in ("predictions", "memory", "error_cases"):
+        assert _files(started, sub) == _files(full, sub)
+    assert (method == "errwise") == bool(_files(started, "error_cases"))
+    assert _files(started / "checkpoints", "task_02") == _files(full / "checkpoints", "task_02")
+    env = [json.loads(s) for s in (started / "environment.jsonl").read_text().splitlines()]
+    assert [(e["from_task"], e.get("copied_from")) for e in env] == [(0, str(source)), (1, None)]
+    saved = yaml.safe_load((started / "config.yaml").read_text())
+    assert saved["start_from"] == str(source)
+    assert len(group_runs([load_run(source), load_run(started)])) == 1  # start_from does not split a group
+    assert main(["run", str(started)]) == 0  # a finished run resumed: nothing copied or trained again
+    assert len((started / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_start_from_refuses_another_config_method_or_first_task_and_an_empty_run(tiny_model_dir, tmp_path, capsys):
+    source = _tiny_fcre(tiny_model_dir, tmp_path / "order0", 0)
+    capsys.readouterr()
+    cases = [
+        (["--start_from", str(source), "--train.lr", "0.01"], "was run with train.lr = 0.001, this run has 0.01"),
+        (["--start_from", str(source), "--data.val_size", "1"], "was run with data.val_size = 0, this run has 1"),
+        (["--start_from", str(tmp_path / "nothing")], "holds no completed task"),
+        (["--start_from", str(source), "--method.name", "lessons"], "copies tasks of finetune, replay, joint, errwise"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"refused{i}"
+        assert main([*_tiny_fcre_args(tiny_model_dir, out, 1), *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not (out / "metrics.jsonl").exists()
+    # the standard split: order 1 shuffles other relations into task 1 than order 0
+    builtin = tiny_run(tiny_model_dir, tmp_path / "builtin0")
+    cfg = resume_config(builtin)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, order=1), start_from=str(builtin))
+    with pytest.raises(ErrwiseError, match="its first task is not this run's"):
+        run(cfg, tmp_path / "builtin1")
+    assert not (tmp_path / "builtin1").exists()

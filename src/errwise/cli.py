@@ -49,10 +49,10 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from errwise.config import from_dict, load_yaml, merge_sections, parse_value, set_dotted
+    from errwise.config import TOP_LEVEL, from_dict, load_yaml, merge_sections, parse_value, set_dotted
     from errwise.run import completed_tasks, run
 
-    overrides = {k: v for k, v in vars(args).items() if "." in k or k in ("output_dir", "report_to")}
+    overrides = {k: v for k, v in vars(args).items() if "." in k or k in TOP_LEVEL}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     paths = args.config
     if any(Path(c).is_dir() for c in paths):

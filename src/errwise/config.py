@@ -423,6 +423,13 @@ class RunConfig:
     instructor: InstructorConfig = field(default_factory=InstructorConfig)
     lessons: LessonsConfig = field(default_factory=LessonsConfig)
     output_dir: str | None = _f(None, "Run folder (default runs/<dataset>-<method>-order<k>-<time>).")
+    start_from: str | None = _f(
+        None,
+        "A finished or partial run folder of the same config but for data.order: the first tasks the two streams "
+        "share (FCRE: task 1, the same cluster for every seed) are copied from it, checkpoint, memory, predictions "
+        "and metrics, instead of trained again. Training is seeded per task, so they are what this run would "
+        "compute with the same code; the copied metrics lines say `copied_from`.",
+    )
     report_to: str = _f(
         "none",
         "Experiment tracker: `none`, or `tensorboard` (training loss per step, seen accuracy and accuracy row per "
@@ -469,7 +476,7 @@ _SECTION_TYPES = {
 }
 
 
-_TOP_LEVEL = ("output_dir", "report_to")
+TOP_LEVEL = ("output_dir", "report_to", "start_from")
 """RunConfig's fields outside the sections."""
 
 
@@ -487,7 +494,7 @@ def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
         raise ErrwiseError(f"{source}: expected a mapping of sections ({', '.join(_SECTION_TYPES)})")
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
-        if key in _TOP_LEVEL:
+        if key in TOP_LEVEL:
             kwargs[key] = check_value(key, get_type_hints(RunConfig)[key], value, source)
             continue
         if key not in _SECTION_TYPES:
@@ -607,7 +614,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def field_types() -> dict[str, tuple[type, Any]]:
     """Map every dotted key (`train.lr`) to (type hint, default), for generating the CLI."""
     top = {f.name: f for f in dataclasses.fields(RunConfig)}
-    out: dict[str, tuple[type, Any]] = {name: (str, top[name]) for name in _TOP_LEVEL}
+    out: dict[str, tuple[type, Any]] = {name: (str, top[name]) for name in TOP_LEVEL}
     for section, cls in _SECTION_TYPES.items():
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):

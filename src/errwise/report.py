@@ -32,7 +32,16 @@ from errwise.rundir import completed_tasks
 
 # Keys that vary between the runs averaged into one group (the task order is the point of averaging).
 # Keys that vary between repetitions of one experiment (or between machines), not between experiments.
-RUN_KEYS = ("data.order", "data.order_seed", "train.seed", "output_dir", "data.path", "model.device", "report_to")
+RUN_KEYS = (
+    "data.order",
+    "data.order_seed",
+    "train.seed",
+    "output_dir",
+    "data.path",
+    "model.device",
+    "report_to",
+    "start_from",
+)
 
 
 @dataclass(frozen=True)

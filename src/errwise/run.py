@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -152,10 +153,17 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     stream = make_stream(cfg)
     check_eval_split(cfg, stream)
     check_resumable(run_dir, done, stream, cfg.model.lora)
+    shared = shared_start(cfg, stream) if cfg.start_from and not done else None
     tok = load_tokenizer(cfg.model.name)  # a model that cannot be found fails before the run folder is written
-    tracker = open_tracker(cfg.report_to if main else "none", run_dir, sum(r["train_steps"] for r in done))
     if main:
         prepare_run_dir(cfg, run_dir, stream, done)
+    if shared:
+        if main:
+            copy_shared_tasks(*shared, run_dir)
+        distributed.barrier()
+        done = completed_tasks(run_dir)
+        check_resumable(run_dir, done, stream, cfg.model.lora)
+    tracker = open_tracker(cfg.report_to if main else "none", run_dir, sum(r["train_steps"] for r in done))
     device = ddp_device or pick_device(cfg.model.device)
     seed_everything(cfg.train.seed)
     model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None)
@@ -219,6 +227,84 @@ def resume_or_start(cfg: RunConfig, run_dir: Path) -> tuple[RunConfig, list[dict
             )
         cfg = saved
     return cfg, done
+
+
+START_FROM_METHODS = ("finetune", "replay", "joint", "errwise")
+"""Methods whose state after a task is the run folder's per-task files alone (checkpoint, memory, predictions,
+error cases): a task of theirs can be copied into another run. The lessons bank and the instructor's data are
+written across tasks, and are not copied."""
+
+
+def shared_start(cfg: RunConfig, stream: TaskStream) -> tuple[Path, int] | None:
+    """(cfg.start_from, k): the source run and how many of its completed first tasks this run shares. Checked
+    before the run folder is written: the same config but for the order, and the same tasks (relations and
+    instances) in the same places."""
+    src = Path(cfg.start_from)
+    if cfg.method.name not in START_FROM_METHODS:
+        raise ErrwiseError(
+            f"start_from copies tasks of {', '.join(START_FROM_METHODS)} runs only; method {cfg.method.name} keeps "
+            "state across tasks outside the per-task files: run it without start_from"
+        )
+    src_done = completed_tasks(src)
+    if not src_done:
+        raise ErrwiseError(f"start_from {src} holds no completed task (no metrics.jsonl lines): nothing to copy")
+    src_cfg = resume_config(src)
+    mine, theirs = _shared_config(cfg), _shared_config(src_cfg)
+    if mine != theirs:
+        key = next(k for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k))
+        raise ErrwiseError(
+            f"start_from {src} was run with {key} = {theirs.get(key)!r}, this run has {mine.get(key)!r}; only "
+            "data.order may differ"
+        )
+    src_stream = make_stream(src_cfg)
+    k = 0
+    while k < min(len(src_done), len(stream.tasks)) and _same_task(src_stream.tasks[k], stream.tasks[k]):
+        k += 1
+    if k == 0:
+        raise ErrwiseError(
+            f"start_from {src}: its first task is not this run's (other relations or instances); nothing to copy"
+        )
+    check_resumable(src, src_done[:k], src_stream, cfg.model.lora)
+    return src, k
+
+
+def _shared_config(cfg: RunConfig) -> dict:
+    """The config as a flat dict, without what may differ between a run and the one it starts from."""
+    d = _comparable(cfg)
+    d.pop("start_from")
+    data = {k: v for k, v in d.pop("data").items() if k not in ("order", "order_seed")}
+    flat = {f"data.{k}": v for k, v in data.items()}
+    for section, values in d.items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+
+def _same_task(a, b) -> bool:
+    uids = lambda t: [[x.uid for x in xs] for xs in (t.train, t.val, t.test)]  # noqa: E731
+    return a.relations == b.relations and uids(a) == uids(b)
+
+
+def copy_shared_tasks(src: Path, k: int, run_dir: Path) -> None:
+    """Tasks 1..k of `src` copied into `run_dir`: their checkpoint, memory, predictions, error cases, environment
+    lines, and their metrics lines last (each marked `copied_from`), so an interrupted copy is redone."""
+    for j in range(k):
+        name = f"task_{j:02d}"
+        shutil.copytree(src / "checkpoints" / name, run_dir / "checkpoints" / name, dirs_exist_ok=True)
+        for sub, pattern in (("memory", f"{name}.json"), ("predictions", f"{name}.jsonl"), ("error_cases", f"{name}*")):
+            for path in sorted((src / sub).glob(pattern)):
+                (run_dir / sub).mkdir(exist_ok=True)
+                atomic_write(run_dir / sub / path.name, path.read_bytes())
+    env = src / "environment.jsonl"
+    for line in env.read_text().splitlines() if env.is_file() else []:
+        row = json.loads(line)
+        if row.get("from_task", 0) < k:
+            append_line(run_dir / "environment.jsonl", {**row, "copied_from": str(src), "copied_tasks": k})
+    for line in completed_tasks(src)[:k]:
+        append_line(run_dir / "metrics.jsonl", {**line, "copied_from": str(src)})
+    print(f"copied T1-T{k} from {src}")
 
 
 def check_eval_split(cfg: RunConfig, stream: TaskStream) -> None:
