@@ -153,17 +153,18 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     stream = make_stream(cfg)
     check_eval_split(cfg, stream)
     check_resumable(run_dir, done, stream, cfg.model.lora)
-    shared = shared_start(cfg, stream) if cfg.start_from and not done else None
+    src, shared = shared_start(cfg, stream) if cfg.start_from and not done else (None, [])
     tok = load_tokenizer(cfg.model.name)  # a model that cannot be found fails before the run folder is written
+    steps = sum(r["train_steps"] for r in [*done, *shared])
+    tracker = open_tracker(cfg.report_to if main else "none", run_dir, steps)
     if main:
         prepare_run_dir(cfg, run_dir, stream, done)
     if shared:
         if main:
-            copy_shared_tasks(*shared, run_dir)
+            copy_shared_tasks(src, shared, run_dir)
         distributed.barrier()
         done = completed_tasks(run_dir)
         check_resumable(run_dir, done, stream, cfg.model.lora)
-    tracker = open_tracker(cfg.report_to if main else "none", run_dir, sum(r["train_steps"] for r in done))
     device = ddp_device or pick_device(cfg.model.device)
     seed_everything(cfg.train.seed)
     model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{len(done) - 1:02d}" if done else None)
@@ -235,8 +236,8 @@ error cases): a task of theirs can be copied into another run. The lessons bank 
 written across tasks, and are not copied."""
 
 
-def shared_start(cfg: RunConfig, stream: TaskStream) -> tuple[Path, int] | None:
-    """(cfg.start_from, k): the source run and how many of its completed first tasks this run shares. Checked
+def shared_start(cfg: RunConfig, stream: TaskStream) -> tuple[Path, list[dict]]:
+    """(cfg.start_from, the metrics lines of the completed first tasks this run shares with it). Checked
     before the run folder is written: the same config but for the order, and the same tasks (relations and
     instances) in the same places."""
     src = Path(cfg.start_from)
@@ -265,7 +266,7 @@ def shared_start(cfg: RunConfig, stream: TaskStream) -> tuple[Path, int] | None:
             f"start_from {src}: its first task is not this run's (other relations or instances); nothing to copy"
         )
     check_resumable(src, src_done[:k], src_stream, cfg.model.lora)
-    return src, k
+    return src, src_done[:k]
 
 
 def _shared_config(cfg: RunConfig) -> dict:
@@ -287,9 +288,11 @@ def _same_task(a, b) -> bool:
     return a.relations == b.relations and uids(a) == uids(b)
 
 
-def copy_shared_tasks(src: Path, k: int, run_dir: Path) -> None:
-    """Tasks 1..k of `src` copied into `run_dir`: their checkpoint, memory, predictions, error cases, environment
-    lines, and their metrics lines last (each marked `copied_from`), so an interrupted copy is redone."""
+def copy_shared_tasks(src: Path, lines: list[dict], run_dir: Path) -> None:
+    """The first len(lines) tasks of `src` copied into `run_dir`: their checkpoint, memory, predictions, error
+    cases, environment lines, and their metrics `lines` last (each marked `copied_from`), so an interrupted copy is
+    redone."""
+    k = len(lines)
     for j in range(k):
         name = f"task_{j:02d}"
         shutil.copytree(src / "checkpoints" / name, run_dir / "checkpoints" / name, dirs_exist_ok=True)
@@ -302,7 +305,7 @@ def copy_shared_tasks(src: Path, k: int, run_dir: Path) -> None:
         row = json.loads(line)
         if row.get("from_task", 0) < k:
             append_line(run_dir / "environment.jsonl", {**row, "copied_from": str(src), "copied_tasks": k})
-    for line in completed_tasks(src)[:k]:
+    for line in lines:
         append_line(run_dir / "metrics.jsonl", {**line, "copied_from": str(src)})
     print(f"copied T1-T{k} from {src}")
 
