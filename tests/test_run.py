@@ -417,6 +417,20 @@ def test_defer_memory_replays_the_memory_only_in_the_consolidation_round(tiny_mo
         TrainConfig(defer_memory=True, consolidate=0.0)
 
 
+def test_consolidate_first_false_gives_task_1_all_its_steps(tiny_model_dir, tmp_path):
+    """train.consolidate_first false: no round after task 1 (its memory is what it just trained on); the later
+    tasks keep theirs, and every task its step budget."""
+    cfg = tiny_config(tiny_model_dir, tmp_path / "errwise", "errwise")
+    train = dataclasses.replace(cfg.train, consolidate=0.5, max_steps=4, consolidate_first=False)
+    out = run(dataclasses.replace(cfg, train=train))
+    lines = read_jsonl(out / "metrics.jsonl")
+    assert lines[0]["consolidation"] is None and lines[0]["train_steps"] == 4
+    assert [line["consolidation"]["steps"] for line in lines[1:]] == [2, 2]
+    assert [line["train_steps"] for line in lines[1:]] == [4, 4]  # both rounds
+    assert not (out / "error_cases" / "task_00_consolidation.jsonl").exists()
+    assert (out / "error_cases" / "task_01_consolidation.jsonl").is_file()
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_takes_a_consolidation_round(tiny_model_dir, tmp_path, method):
     cfg = tiny_config(tiny_model_dir, tmp_path / method, method)

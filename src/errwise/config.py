@@ -171,6 +171,13 @@ class TrainConfig:
         "Needs train.consolidate > 0; the step budget is unchanged. Default: the method's (errwise, instructor, "
         "lessons: true when train.consolidate > 0; the others false).",
     )
+    consolidate_first: bool = _f(
+        True,
+        "Also run the consolidation round after task 1, where the memory holds task 1's relations only, just "
+        "trained on (with 1 instance per relation it drills those instances for the round's share of the steps). "
+        "False: from task 2 on, as EEIL's balanced fine-tuning follows the incremental steps only; task 1 then "
+        "trains all its steps on its data.",
+    )
     batch_size: int = _f(8, "Examples per optimiser step.")
     lr: float = _f(2e-4, "Peak learning rate (AdamW, linear warmup then linear decay, per task).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")

@@ -392,6 +392,8 @@ def train_phase(
     steps = tc.max_steps or step_budget(budget, tc.epochs, tc.batch_size)
     # The consolidation round takes its steps out of the task's budget, so budgets stay comparable.
     consolidate_steps = min(round(tc.consolidate * steps), steps - 1) if cfg.method.memory_per_relation else 0
+    if task.index == 0 and not tc.consolidate_first:
+        consolidate_steps = 0
     stats = train(
         ctx.model,
         ctx.tok,
