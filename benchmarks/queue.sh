@@ -3,7 +3,8 @@
 # Usage: benchmarks/queue.sh JOBS_FILE OUT_DIR [WORKERS] [KEPT_DIR]
 # JOBS_FILE: one run a line, `NAME ARGS...` (ARGS as for `errwise run`, without --output_dir); `#` comments.
 # OUT_DIR/NAME holding summary.json is skipped; one holding config.yaml is resumed (`errwise run OUT_DIR/NAME`);
-# KEPT_DIR/NAME holding summary.json (a record kept by benchmarks/keep_runs.py in an earlier session) is skipped too;
+# KEPT_DIR/NAME holding summary.json (a record kept by benchmarks/keep_runs.py in an earlier session) is skipped too,
+# and a run that finishes is kept there at once (its checkpoints stay in OUT_DIR, for --start_from);
 # the log goes to OUT_DIR/NAME.log. Lines are taken in order (on 2 cores, two 1-thread runs beat one 2-thread run).
 # A run is claimed with flock on OUT_DIR/NAME.lock while it runs, so several queues (one worker each, say) may share
 # a jobs file: each skips what another is running, and a lane that finishes early takes the next unclaimed line.
@@ -24,6 +25,8 @@ run_one() {
     OMP_NUM_THREADS=1 errwise run "$@" --output_dir "$dir" > "$dir.log" 2>&1
   fi
   echo "$(date +%T) $name: $(tail -1 "$dir.log")"
+  # a finished run's record goes into the repository at once (benchmarks/keep_runs.py), checkpoints left in OUT_DIR
+  if [ -n "$kept" ] && [ -f "$dir/summary.json" ]; then python benchmarks/keep_runs.py "$dir" --dest "$kept"; fi
 }
 export -f run_one; export out kept
 grep -v '^\s*\(#\|$\)' "$jobs" | xargs -P "$workers" -L 1 bash -c 'run_one "$@"' _
