@@ -429,6 +429,11 @@ def test_consolidate_first_false_gives_task_1_all_its_steps(tiny_model_dir, tmp_
     assert [line["train_steps"] for line in lines[1:]] == [4, 4]  # both rounds
     assert not (out / "error_cases" / "task_00_consolidation.jsonl").exists()
     assert (out / "error_cases" / "task_01_consolidation.jsonl").is_file()
+    # without a round (replay's default) the switch is kept at its default, so configs and groups stay equal
+    assert dataclasses.replace(
+        tiny_config(tiny_model_dir, tmp_path / "r", "replay"),
+        train=dataclasses.replace(cfg.train, consolidate=0.0, defer_memory=False, consolidate_first=False),
+    ).train.consolidate_first
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

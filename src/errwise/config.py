@@ -468,7 +468,8 @@ def method_schedule(train: TrainConfig, method: str) -> TrainConfig:
     """train with consolidate / defer_memory resolved: a value given is kept, a missing one is the method's."""
     consolidate = METHOD_SCHEDULES.get(method, 0.0) if train.consolidate is None else train.consolidate
     defer = (method in METHOD_SCHEDULES and consolidate > 0) if train.defer_memory is None else train.defer_memory
-    return dataclasses.replace(train, consolidate=consolidate, defer_memory=defer)
+    first = train.consolidate_first or not consolidate  # without a round the switch means nothing: kept at its default
+    return dataclasses.replace(train, consolidate=consolidate, defer_memory=defer, consolidate_first=first)
 
 
 _SECTION_TYPES = {
