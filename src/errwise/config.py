@@ -492,6 +492,17 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """A config dict (`to_dict`) with dotted keys, `{"train": {"lr": ...}}` -> `{"train.lr": ...}`."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def from_dict(d: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a RunConfig from a nested mapping (a YAML file, or the command line's options set into one).
 

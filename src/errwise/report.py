@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from errwise import environment, metrics
-from errwise.config import load_saved_config, to_dict
+from errwise.config import flatten, load_saved_config, to_dict
 from errwise.data.formats import read_json
 from errwise.errors import ErrwiseError
 from errwise.rundir import completed_tasks
@@ -129,22 +129,12 @@ def last_predictions(run: RunResult) -> list[dict]:
     return [json.loads(s) for s in text.splitlines() if s.strip()]
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def group_runs(runs: Sequence[RunResult], ignore: Sequence[str] = ()) -> dict[str, list[RunResult]]:
     """Group runs whose configs are equal but for RUN_KEYS and `ignore` (config keys the caller knows do not
     change the results compared, e.g. data.max_val for test-set runs), in order of first appearance; runs in
     a group are sorted by (order, seed). Labels are method names, with the differing config keys added where
     two groups share a method name: "replay (train.epochs=3)"."""
-    flats_by_run = [_flatten(run.config) for run in runs]
+    flats_by_run = [flatten(run.config) for run in runs]
     for key in ignore:
         if not any(key in f for f in flats_by_run):
             raise ErrwiseError(f"--ignore {key}: no run's config.yaml has this key (keys look like train.epochs)")

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from errwise import distributed, environment, metrics
-from errwise.config import RunConfig, load_saved_config, save_yaml, to_dict
+from errwise.config import RunConfig, flatten, load_saved_config, save_yaml, to_dict
 from errwise.data.formats import load_corpus, load_fcre
 from errwise.data.stream import build_stream, fcre_stream, subsample
 from errwise.data.types import RelationInstance, TaskStream
@@ -271,16 +271,8 @@ def shared_start(cfg: RunConfig, stream: TaskStream) -> tuple[Path, list[dict]]:
 
 def _shared_config(cfg: RunConfig) -> dict:
     """The config as a flat dict, without what may differ between a run and the one it starts from."""
-    d = _comparable(cfg)
-    d.pop("start_from")
-    data = {k: v for k, v in d.pop("data").items() if k not in ("order", "order_seed")}
-    flat = {f"data.{k}": v for k, v in data.items()}
-    for section, values in d.items():
-        if isinstance(values, dict):
-            flat.update({f"{section}.{k}": v for k, v in values.items()})
-        else:
-            flat[section] = values
-    return flat
+    flat = flatten(_comparable(cfg))
+    return {k: v for k, v in flat.items() if k not in ("start_from", "data.order", "data.order_seed")}
 
 
 def _same_task(a, b) -> bool:
