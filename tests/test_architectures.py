@@ -9,6 +9,8 @@ identical predictions; the memory's hidden-state embedding equals an unpadded fo
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -175,6 +177,13 @@ def test_lora_adapts_every_linear_layer_learns_and_reloads(arch_dir, tmp_path):
     pred2, scores2 = score_candidates(again, prompts, labels, pad_id=tok.pad_token_id, exhaustive=True)
     assert pred2.tolist() == pred.tolist()
     torch.testing.assert_close(scores2, scores)
+    # the reloaded adapter saves to the same bytes (PEFT writes target_modules in a set's order, which depends
+    # on how the set was built; errwise writes it sorted, so a copied checkpoint equals a trained one)
+    save_checkpoint(again, tmp_path / "again")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "ckpt" / name).read_bytes(), name
+    modules = json.loads((tmp_path / "ckpt" / "adapter_config.json").read_text())["target_modules"]
+    assert modules == sorted(modules) and len(modules) == len(block_linears)
 
 
 def test_a_shared_prefix_in_training_gives_the_full_rows_loss_and_gradients(arch_dir):

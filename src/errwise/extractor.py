@@ -43,7 +43,7 @@ from errwise.data.types import Relation, RelationInstance, Task, TaskStream
 from errwise.errors import ErrwiseError, read_text
 from errwise.evaluate import candidate_scores
 from errwise.methods import build_method
-from errwise.model import load_tokenizer, pick_device
+from errwise.model import load_tokenizer, pick_device, save_pretrained
 
 EXTRACTOR_FILE = "extractor.json"
 EXPORT_FILE = "errwise.json"
@@ -443,7 +443,7 @@ class Extractor:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
         try:
-            self.model.save_pretrained(tmp / "adapter")
+            save_pretrained(self.model, tmp / "adapter")
             save_yaml(self.cfg, tmp / "config.yaml")
             rows = [instance_row(x) for xs in memory.values() for x in xs]
             _write_lines(tmp / "memory.jsonl", rows)
@@ -481,7 +481,7 @@ class Extractor:
             if merge and lora:
                 copy.deepcopy(self.model).merge_and_unload().save_pretrained(tmp)
             else:
-                self.model.save_pretrained(tmp)
+                save_pretrained(self.model, tmp)
             self.tok.save_pretrained(tmp)
             e = self.cfg.eval
             template = PROMPT_TEMPLATE + ("Options: {options}\n" if e.list_candidates else "") + "Relation:"

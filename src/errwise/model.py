@@ -345,10 +345,24 @@ def _contiguous_head_input(model: PreTrainedModel) -> None:
         head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
 
 
+def save_pretrained(model: PreTrainedModel, folder: Path) -> None:
+    """`model.save_pretrained(folder)` with a byte-reproducible adapter_config.json. PEFT keeps `target_modules`
+    as a set and writes it in the set's iteration order, which depends on how the set was built (expanded from
+    `all-linear`, or read back from a saved adapter): the same adapter could be written as two different files.
+    The list is written sorted, in PEFT's own format (indent 2, keys sorted)."""
+    model.save_pretrained(folder)
+    config = Path(folder) / "adapter_config.json"
+    if config.exists():
+        values = json.loads(config.read_text())
+        if isinstance(values.get("target_modules"), list):
+            values["target_modules"] = sorted(values["target_modules"])
+            config.write_text(json.dumps(values, indent=2, sort_keys=True))
+
+
 def save_checkpoint(model: PreTrainedModel, path: Path) -> None:
     """Adapter-only for LoRA (a few MB); the full weights for full fine-tuning."""
     tmp = path.with_name(path.name + ".tmp")
-    model.save_pretrained(tmp)
+    save_pretrained(model, tmp)
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
