@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from errwise.model import build_labels, label_ids, load_model, pick_attention, score_candidates
+from errwise.model import (
+    build_labels,
+    feed_groups,
+    label_ids,
+    load_model,
+    pick_attention,
+    row_logsumexp,
+    score_candidates,
+)
 
 NAMES = [
     "place of birth",
@@ -296,3 +304,32 @@ def test_cpu_bf16_check_reads_cpuinfo_flags(tmp_path, text, native):
     (tmp_path / "cpuinfo").write_text(text)
     assert cpu_has_native_bf16(str(tmp_path / "cpuinfo")) is native
     assert cpu_has_native_bf16(str(tmp_path / "missing")) is None
+
+
+def test_row_logsumexp_chunks_give_the_same_bits():
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        logits = (torch.randn(3, 5, 1000) * 8).to(dtype)
+        whole = torch.logsumexp(logits.float(), dim=-1)
+        for chunk in (1, 999, 1000, 4321, 1 << 18):  # one row at a time, rows split unevenly, all at once
+            part = row_logsumexp(logits, chunk=chunk)
+            assert part.dtype == torch.float32 and part.shape == (3, 5)
+            assert torch.equal(part, whole)
+
+
+def test_feed_groups_cover_every_feeding_row_once_in_batch_order():
+    count = torch.tensor([3, 0, 20, 2, 19, 3, 0, 2])
+    groups = feed_groups(count, max_tokens=2048)
+    rows = torch.cat(groups).tolist()
+    assert sorted(rows) == [0, 2, 3, 4, 5, 7]  # every row with a node, once; none without
+    assert all(g.tolist() == sorted(g.tolist()) for g in groups)  # batch order within a call
+    # padding is the cost: the long rows (19, 20) go apart from the short ones (2, 3)
+    assert sorted(g.tolist() for g in groups) == [[0, 3, 5, 7], [2, 4]]
+    # a call costs as much as 32 tokens: rows of 1 and 4 nodes share a call (4 padded < 32), apart they would not
+    assert [g.tolist() for g in feed_groups(torch.tensor([1, 4]), max_tokens=2048)] == [[0, 1]]
+    assert [g.tolist() for g in feed_groups(torch.tensor([1, 4]), max_tokens=2048, call_cost=1)] == [[0], [1]]
+    # max_tokens bounds a call's positions; a single row above it still goes alone
+    small = feed_groups(torch.tensor([4, 4, 4, 4, 9]), max_tokens=8)
+    assert all(len(g) * int(torch.tensor([4, 4, 4, 4, 9])[g].max()) <= 8 or len(g) == 1 for g in small)
+    assert sorted(torch.cat(small).tolist()) == [0, 1, 2, 3, 4]
+    assert feed_groups(torch.zeros(4, dtype=torch.long), max_tokens=64) == []

@@ -593,6 +593,47 @@ def encode_prefix(model: PreTrainedModel, ids: list[int]) -> Prefix | None:
     return run_prefix(model, torch.tensor([ids], device=next(model.parameters()).device))
 
 
+def row_logsumexp(logits: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
+    """`torch.logsumexp(logits.float(), dim=-1)`, a few rows at a time: the same values, bit for bit (each row's
+    reduction is the same), without an fp32 copy of the whole (R, Q, V) block. On a CPU that copy does not fit
+    in cache, and reading it back made the log-normaliser a quarter of exact prediction's time."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    step = max(1, chunk // flat.shape[1])
+    return torch.cat([torch.logsumexp(part.float(), dim=-1) for part in flat.split(step)]).reshape(logits.shape[:-1])
+
+
+def feed_groups(count: torch.Tensor, max_tokens: int, call_cost: int = 32) -> list[torch.Tensor]:
+    """Split the prompts of one search round into forward calls: `count` (B,) nodes each prompt feeds (0: none).
+
+    A call feeds rows of as many positions as its longest row, so rows of few nodes beside one of many are mostly
+    padding; each call also costs about `call_cost` tokens' worth on its own (it reads every weight once). The
+    rows sorted by count are cut into consecutive groups minimising padded tokens + `call_cost` per call, each
+    group at most `max_tokens` positions (a row alone may exceed it), by dynamic programming (B is a batch: tens).
+    Returns the groups' row indices, each in batch order, the groups by growing count."""
+    rows = (count > 0).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return []
+    c = count[rows].tolist()
+    order = sorted(range(len(c)), key=lambda i: (c[i], i))
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j rows (in `order`)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = c[order[j - 1]]  # the group's longest row: the last in count order
+        for i in range(j - 1, -1, -1):
+            if (j - i) * width > max_tokens and j - i > 1:
+                break
+            cost = best[i] + (j - i) * width + call_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        i = cut[j]
+        groups.append(rows[sorted(order[i:j])])
+        j = i
+    return groups[::-1]
+
+
 @torch.no_grad()
 def score_candidates(
     model: PreTrainedModel,
@@ -687,12 +728,12 @@ def score_candidates(
         if rnd == 0 and not exhaustive and not first_token:
             picks = with_best_subtree(picks, node_score, depth1, subtree, depth)
         picks = picks[:, : int((picks >= 0).sum(1).max())]  # (B, Q), -1 = padding
-        rows = (picks >= 0).any(1).nonzero().squeeze(1)
-        for chunk in rows.split(max(1, max_tokens // picks.shape[1])):
-            nodes = picks[chunk]  # (R, Q)
+        count = (picks >= 0).sum(1)  # the picks of a row come first, padding after
+        for chunk in feed_groups(count, max_tokens):
+            nodes = picks[chunk, : int(count[chunk].max())]  # (R, Q)
             nodes_x = nodes.masked_fill(nodes < 0, N)
             logits = tree.feed(model, chunk, nodes)  # (R, Q, V)
-            lse = torch.logsumexp(logits.float(), dim=-1)  # (R, Q)
+            lse = row_logsumexp(logits)  # (R, Q)
             # Each child of a node fed now: parent's score + log p(child's token | prompt, parent's prefix).
             slot = torch.full((len(chunk), N + 1), -1, dtype=torch.long, device=device)
             slot.scatter_(1, nodes_x, torch.arange(nodes.shape[1], device=device).expand_as(nodes))
