@@ -10,7 +10,6 @@ identical predictions; the memory's hidden-state embedding equals an unpadded fo
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pytest
