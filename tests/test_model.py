@@ -329,7 +329,8 @@ def test_feed_groups_cover_every_feeding_row_once_in_batch_order():
     assert [g.tolist() for g in feed_groups(torch.tensor([1, 4]), max_tokens=2048)] == [[0, 1]]
     assert [g.tolist() for g in feed_groups(torch.tensor([1, 4]), max_tokens=2048, call_cost=1)] == [[0], [1]]
     # max_tokens bounds a call's positions; a single row above it still goes alone
-    small = feed_groups(torch.tensor([4, 4, 4, 4, 9]), max_tokens=8)
-    assert all(len(g) * int(torch.tensor([4, 4, 4, 4, 9])[g].max()) <= 8 or len(g) == 1 for g in small)
+    count = torch.tensor([4, 4, 4, 4, 9])
+    small = feed_groups(count, max_tokens=8)
+    assert all(len(g) * int(count[g].max()) <= 8 or len(g) == 1 for g in small)
     assert sorted(torch.cat(small).tolist()) == [0, 1, 2, 3, 4]
     assert feed_groups(torch.zeros(4, dtype=torch.long), max_tokens=64) == []
