@@ -360,6 +360,52 @@ def test_errwise_mirror_rank_rehearses_the_confused_relation_against_the_gold(ti
         ErrwiseConfig(mirror_rank=-1)
 
 
+@pytest.mark.parametrize("mode", ["errors", "all", "random"])
+def test_errwise_anchors_train_relation_descriptions_in_the_tested_format(tiny_model_dir, tmp_path, monkeypatch, mode):
+    """errwise.anchors: the description of a relation as a pseudo-instance in the plain instruction, answered with
+    the relation's name. `errors`: both relations of each error case; `all`: every seen relation once a round;
+    `random`: as many as `errors` gives, relations drawn at random; none without the switch."""
+    import errwise.run as run_mod
+    from errwise.prompts import anchor_instance
+
+    trained = []
+    real_train = run_mod.train
+    monkeypatch.setattr(
+        run_mod,
+        "train",
+        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
+    )
+    cfg = tiny_config(tiny_model_dir, tmp_path / mode, "errwise", error_fraction=None, anchors=mode)
+    out = run(cfg)
+    stream = make_stream(cfg)
+    by_name = {r.name: r for r in stream.relations}
+    errors = [r for r in read_jsonl(out / "error_cases" / "task_01.jsonl") if not r["correct"]]
+    assert errors
+    anchors = [ex for ex in trained[1] if ex.kind == "anchor"]
+    seen = [r for t in stream.tasks[:2] for r in t.relations]
+    if mode == "errors":
+        want = sorted(stream.relation(rel).name for r in errors for rel in (r["gold"], r["pred"]))
+        assert sorted(ex.answer for ex in anchors) == want
+    elif mode == "all":
+        assert sorted(ex.answer for ex in anchors) == sorted(stream.relation(r).name for r in seen)
+    else:
+        assert len(anchors) == 2 * len(errors) and {ex.answer for ex in anchors} <= {stream.relation(r).name for r in seen}
+    for ex in anchors:
+        rel = by_name[ex.answer]
+        assert rel.description and rel.description in ex.prompt
+        assert ex.prompt.startswith("What is the relation of the head to the tail?")  # the tested format
+        assert "Head: the subject\nTail: the object\n" in ex.prompt and ex.uid == f"anchor/{rel.id}"
+    assert read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]["anchor"] == len(anchors)
+    inst = anchor_instance(seen_rel := stream.relation(seen[0]))
+    assert (inst.head_text, inst.tail_text, inst.relation) == ("the subject", "the object", seen_rel.id)
+    assert anchor_instance(dataclasses.replace(seen_rel, description=" ")) is None
+    if mode == "errors":
+        off = run(dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=ErrwiseConfig(error_fraction=None)))
+        assert "anchor" not in read_jsonl(off / "metrics.jsonl")[1]["train_kinds"]
+        with pytest.raises(ErrwiseError, match="anchors"):
+            ErrwiseConfig(anchors="some")
+
+
 def test_the_consolidation_round_takes_its_steps_from_the_task_budget(tiny_model_dir, tmp_path):
     """train.consolidate: after the memory update a share of the steps goes to the memory of every seen
     relation; the total per task stays replay's (equal budget). errwise mines that memory's errors first."""

@@ -288,6 +288,14 @@ class ErrwiseConfig:
         "example, distill_weight x KL(previous || current) over the distill_top_k best old labels' softmax at "
         "distill_temperature (costs a forward of those labels per example, sharing the prompt). 0 = off.",
     )
+    anchors: str = _f(
+        "off",
+        "Relation descriptions as anchors (after DCRE): a pseudo-instance whose sentence is the relation's description "
+        "(head `the subject`, tail `the object`), trained in the plain instruction with the relation's name, among the "
+        "error-focused examples. `errors`: each error case (gold r answered r') brings the anchors of r and r'; "
+        "`all`: every seen relation's anchor in every round (the control without error cases); `random`: as many "
+        "anchors as `errors` would bring, of relations drawn at random (the control fed random pairs); `off`.",
+    )
     distill_top_k: int = _f(5, "Old relations' labels per instance in the distillation (the previous model's best).")
     distill_temperature: float = _f(2.0, "Softmax temperature of the distillation, previous and current model alike.")
 
@@ -304,6 +312,10 @@ class ErrwiseConfig:
             "errwise.probe_unseen needs errwise.probe_per_relation > 0",
         )
         _check(self.rank_weight >= 0, "errwise.rank_weight must be >= 0")
+        _check(
+            self.anchors in ("off", "errors", "all", "random"),
+            f"errwise.anchors must be off, errors, all or random, got {self.anchors!r}",
+        )
         _check(
             self.error_scope in ("all", "learned"),
             f"errwise.error_scope must be all or learned, got {self.error_scope!r}",

@@ -54,6 +54,20 @@ def plain_example(
     return Example(plain_prompt(inst, candidates, hint), gold.name, uid=inst.uid)
 
 
+ANCHOR_HEAD = ("the", "subject")
+ANCHOR_TAIL = ("the", "object")
+
+
+def anchor_instance(rel: Relation) -> RelationInstance | None:
+    """The relation's description as a pseudo-instance (None without a description): `the subject and the object :
+    <description>`, head `the subject`, tail `the object` (FewRel's and Wikidata's descriptions speak of the subject
+    and the object, head and tail in the data), so that the plain prompt shows the relation's meaning and direction."""
+    if not rel.description.strip():
+        return None
+    tokens = (*ANCHOR_HEAD, "and", *ANCHOR_TAIL, ":", *rel.description.split())
+    return RelationInstance(f"anchor/{rel.id}", tokens, (0, 2), (3, 5), rel.id)
+
+
 def confront_example(inst: RelationInstance, gold: Relation, wrong: Relation, weight: float = 1.0) -> Example:
     """Error case, second objective: the model sees its own wrong answer and must give the right one."""
     prompt = (

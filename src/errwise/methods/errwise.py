@@ -33,7 +33,7 @@ from errwise import distributed
 from errwise.config import ErrwiseConfig
 from errwise.data.types import RelationInstance, Task
 from errwise.methods.protocol import TaskContext
-from errwise.prompts import Example, confront_example, contrastive_example
+from errwise.prompts import Example, anchor_instance, confront_example, contrastive_example
 from errwise.train import soft_targets
 
 
@@ -163,8 +163,11 @@ class Errwise:
                 by_rel.setdefault(x.relation, []).append(x)
         base: list[Example] = []  # every case once in the plain instruction, as replay trains
         out: list[Example] = []  # the error-focused examples
+        confusions: list[tuple[str, str]] = []  # (gold, answered) of every error case, for the anchors
         for x, source, pred in cases:
             wrong_case = pred != x.relation and (c.error_scope == "all" or x.relation in learned)
+            if wrong_case:
+                confusions.append((x.relation, pred))
             if source == "probe":  # never trained on: its error stands for the relation's replayed instances
                 if wrong_case:
                     for y in by_rel.get(x.relation, []):
@@ -179,6 +182,7 @@ class Errwise:
             err = dataclasses.replace(err, rejected=ctx.relation(pred).name, rank_weight=c.rank_weight)
             base.append(self._distilled(err, targets))
             out += self._error_focused(ctx, x, pred, kind + "-error", by_rel, rng)
+        out += self._anchors(ctx, confusions, rng)
         if c.error_fraction is not None and out and base:
             # At a fixed step budget every error-focused example displaces plain training. On a new task nearly
             # every training instance is an initial error (the model has never answered its relations), so
@@ -191,6 +195,24 @@ class Errwise:
                 # examples answering its relation, which the model then over-predicted (docs/results.md).
                 out = out * (n // len(out)) + rng.sample(out, n % len(out))
         return base + out
+
+    def _anchors(self, ctx: TaskContext, confusions: list[tuple[str, str]], rng: random.Random) -> list[Example]:
+        """The description anchors of a round (errwise.anchors): `errors`, both relations of each error case;
+        `all`, every seen relation once; `random`, as many as `errors` would give, of seen relations drawn at random.
+        A relation without a description has no anchor."""
+        mode = self.cfg.anchors
+        if mode == "errors":
+            rels = [r for pair in confusions for r in pair]
+        elif mode == "all":
+            rels = [r.id for r in ctx.seen]
+        elif mode == "random":
+            rels = [rng.choice(ctx.seen).id for _ in range(2 * len(confusions))]
+        else:
+            return []
+        anchors = {r.id: anchor_instance(r) for r in ctx.seen}
+        return [
+            ctx.plain(a, kind="anchor", weight=self.cfg.error_weight) for r in rels if (a := anchors.get(r)) is not None
+        ]
 
     def _distilled(self, ex: Example, targets: dict | None) -> Example:
         if not targets or ex.uid not in targets:
