@@ -389,7 +389,9 @@ def test_errwise_anchors_train_relation_descriptions_in_the_tested_format(tiny_m
     elif mode == "all":
         assert sorted(ex.answer for ex in anchors) == sorted(stream.relation(r).name for r in seen)
     else:
-        assert len(anchors) == 2 * len(errors) and {ex.answer for ex in anchors} <= {stream.relation(r).name for r in seen}
+        assert len(anchors) == 2 * len(errors) and {ex.answer for ex in anchors} <= {
+            stream.relation(r).name for r in seen
+        }
     for ex in anchors:
         rel = by_name[ex.answer]
         assert rel.description and rel.description in ex.prompt
@@ -400,7 +402,9 @@ def test_errwise_anchors_train_relation_descriptions_in_the_tested_format(tiny_m
     assert (inst.head_text, inst.tail_text, inst.relation) == ("the subject", "the object", seen_rel.id)
     assert anchor_instance(dataclasses.replace(seen_rel, description=" ")) is None
     if mode == "errors":
-        off = run(dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=ErrwiseConfig(error_fraction=None)))
+        off = run(
+            dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=ErrwiseConfig(error_fraction=None))
+        )
         assert "anchor" not in read_jsonl(off / "metrics.jsonl")[1]["train_kinds"]
         with pytest.raises(ErrwiseError, match="anchors"):
             ErrwiseConfig(anchors="some")
