@@ -47,6 +47,20 @@ def tiny_config(model_dir, out, method="replay", **method_kw) -> RunConfig:
     )
 
 
+def recorded_rounds(monkeypatch) -> list[list]:
+    """A list that gets every training round's examples, in order, as the run loop trains them."""
+    import errwise.run as run_mod
+
+    trained: list[list] = []
+    real_train = run_mod.train
+    monkeypatch.setattr(
+        run_mod,
+        "train",
+        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
+    )
+    return trained
+
+
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -85,16 +99,9 @@ def test_errwise_distills_the_previous_model_s_view_of_the_old_relations(tiny_mo
     loss gains the KL term, distill/ records the targets. The consolidation round carries none. With distill_weight
     0 (the default) none of this runs: no targets are scored and training takes the former path."""
     import errwise.methods.errwise as errwise_mod
-    import errwise.run as run_mod
     import errwise.train as train_mod
 
-    trained = []  # every round's examples, in order
-    real_train = run_mod.train
-    monkeypatch.setattr(
-        run_mod,
-        "train",
-        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
-    )
+    trained = recorded_rounds(monkeypatch)  # every round's examples, in order
     cfg = tiny_config(tiny_model_dir, tmp_path / "on", "errwise", distill_weight=1.0, distill_top_k=3)
     train = dataclasses.replace(cfg.train, consolidate=0.25, defer_memory=True)  # errwise's default schedule
     cfg = dataclasses.replace(cfg, train=train)
@@ -233,15 +240,8 @@ def test_errwise_probe_is_held_out_and_its_errors_train_the_replayed_instances(
     on nor shown; a probe error (gold r answered r') makes confronting and contrastive examples from r's replayed
     instances, with instances of r' as shots (and, with contrastive_symmetric, the mirror answered r').
     probe_unseen: the probe is drawn before training and not trained on even in its own task's first round."""
-    import errwise.run as run_mod
 
-    trained = []  # every example of every round, in order
-    real_train = run_mod.train
-    monkeypatch.setattr(
-        run_mod,
-        "train",
-        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
-    )
+    trained = recorded_rounds(monkeypatch)  # every example of every round, in order
     cfg = tiny_config(
         tiny_model_dir,
         tmp_path / "probe",
@@ -328,15 +328,8 @@ def test_errwise_ranks_each_error_case_against_its_own_wrong_answer(tiny_model_d
 def test_errwise_mirror_rank_rehearses_the_confused_relation_against_the_gold(tiny_model_dir, tmp_path, monkeypatch):
     """errwise.mirror_rank: each error case (gold r answered r') gets an instance of r' in the plain instruction,
     answered r' with r as its ranked-below answer; none without the switch."""
-    import errwise.run as run_mod
 
-    trained = []
-    real_train = run_mod.train
-    monkeypatch.setattr(
-        run_mod,
-        "train",
-        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
-    )
+    trained = recorded_rounds(monkeypatch)
     cfg = tiny_config(tiny_model_dir, tmp_path / "mirror", "errwise", error_fraction=None, mirror_rank=0.5)
     out = run(cfg)
     stream = make_stream(cfg)
@@ -365,16 +358,9 @@ def test_errwise_anchors_train_relation_descriptions_in_the_tested_format(tiny_m
     """errwise.anchors: the description of a relation as a pseudo-instance in the plain instruction, answered with
     the relation's name. `errors`: both relations of each error case; `all`: every seen relation once a round;
     `random`: as many as `errors` gives, relations drawn at random; none without the switch."""
-    import errwise.run as run_mod
     from errwise.prompts import anchor_instance
 
-    trained = []
-    real_train = run_mod.train
-    monkeypatch.setattr(
-        run_mod,
-        "train",
-        lambda m, t, examples, **kw: (trained.append(list(examples)), real_train(m, t, examples, **kw))[1],
-    )
+    trained = recorded_rounds(monkeypatch)
     cfg = tiny_config(tiny_model_dir, tmp_path / mode, "errwise", error_fraction=None, anchors=mode)
     out = run(cfg)
     stream = make_stream(cfg)
