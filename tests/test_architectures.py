@@ -9,6 +9,7 @@ identical predictions; the memory's hidden-state embedding equals an unpadded fo
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def test_scoring_equals_the_full_forward_reference(arch_dir):
 
 def test_a_shared_prefix_encoded_once_gives_the_full_forward_reference(arch_dir):
     """The prompts' common first tokens encoded once (batch 1) and attended to by every row, behind each row's left
-    padding: the same scores as the reference, at every depth of the search."""
+    padding: the same scores as the reference, at every depth of the search. So too with the prompts encoded a few
+    at a time (forward_batch) and searched together, their caches padded to the longest, with the prefix or without."""
     tok = load_tokenizer(str(arch_dir))
     model = _load(arch_dir, lora=False).eval()
     lead = tok("What is the relation of the head to the tail?\n")["input_ids"]
@@ -104,10 +106,17 @@ def test_a_shared_prefix_encoded_once_gives_the_full_forward_reference(arch_dir)
     ref = reference_scores(model, tok, prompts, names)
     prefix = encode_prefix(model, shared)
     labels = build_labels(tok, names)
-    for exhaustive in (False, True):
-        rest = [p[len(shared) :] for p in prompts]
+    rest = [p[len(shared) :] for p in prompts]
+    assert len({len(p) for p in rest}) == len(rest)  # every part padded differently
+    for exhaustive, forward_batch, share in itertools.product((False, True), (None, 1, 2), (True, False)):
         pred, scores = score_candidates(
-            model, rest, labels, pad_id=tok.pad_token_id, exhaustive=exhaustive, prefix=prefix
+            model,
+            rest if share else prompts,
+            labels,
+            pad_id=tok.pad_token_id,
+            exhaustive=exhaustive,
+            prefix=prefix if share else None,
+            forward_batch=forward_batch,
         )
         assert pred.tolist() == ref.argmax(1).tolist()
         finite = torch.isfinite(scores)

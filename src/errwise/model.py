@@ -634,6 +634,50 @@ def feed_groups(count: torch.Tensor, max_tokens: int, call_cost: int = 32) -> li
     return groups[::-1]
 
 
+def _encode_prompts(
+    model: PreTrainedModel, prompts: list[list[int]], pad_id: int, prefix: Prefix | None
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """One forward over the left-padded prompts (after the prefix's cache): their cache, the attention mask (B, P + S)
+    and the last position's logits (B, V), the vocabulary projection skipped elsewhere."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    past = None
+    if prefix is not None:
+        past = prefix.cache(len(prompts))
+        mask = torch.cat([mask.new_ones((len(prompts), prefix.length)), mask], dim=1)  # (B, S + P)
+        positions = positions + prefix.length
+    out, cache = _forward_with_cache(
+        model, past, input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+    )
+    return cache, mask, out.logits[:, -1]
+
+
+def _stack_prompts(parts: list, shared: int) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+    """Several `_encode_prompts` results as one batch: each part's own columns left-padded to the longest part's, the
+    `shared` prefix columns first (its layout: prefix, padding, own tokens). Padded keys/values are zeros, masked."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(mask.shape[1] for _, mask, _ in parts)
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:  # zeros inserted after the prefix columns
+        extra = width - t.shape[dim]
+        if not extra:
+            return t
+        shape = list(t.shape)
+        shape[dim] = extra
+        head, rest = t.narrow(dim, 0, shared), t.narrow(dim, shared, t.shape[dim] - shared)
+        return torch.cat([head, t.new_zeros(shape), rest], dim=dim)
+
+    layers = [
+        tuple(torch.cat([pad(getattr(c.layers[i], name), 2) for c, _, _ in parts]) for name in ("keys", "values"))
+        for i in range(len(parts[0][0].layers))
+    ]
+    mask = torch.cat([pad(m, 1) for _, m, _ in parts])
+    return DynamicCache(ddp_cache_data=layers), mask, torch.cat([last for _, _, last in parts])
+
+
 @torch.no_grad()
 def score_candidates(
     model: PreTrainedModel,
@@ -647,6 +691,7 @@ def score_candidates(
     max_tokens: int = 2048,
     widths: tuple[int, ...] = (4, 4, 16),
     prefix: Prefix | None = None,
+    forward_batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict, for each prompt, the best candidate label; exact w.r.t. full scoring of every candidate.
 
@@ -669,23 +714,18 @@ def score_candidates(
     is then its first token's log-probability. How often it differs from exact scoring: benchmarks/speed.py.
     `prefix`: keys/values of tokens that precede every prompt (`prompts` are then the rest of each): the rows
     are laid out as prefix, left padding, rest, positions counted without the padding.
+    `forward_batch`: encode the prompts this many at a time (consecutive: pass them sorted by length), then search
+    them all together, their caches left-padded to the longest (padding is masked): the prompts' forward is padded
+    as a small batch's, while each search round costs one call for all of them, not one per small batch (a call
+    reads every weight once whatever its rows). None: one forward for all.
     Returns (pred, scores): pred (B,) candidate index; scores (B, C) with -inf where pruned.
     Ties go to the lower candidate index on every path.
     """
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    past = None
-    if prefix is not None:
-        past = prefix.cache(len(prompts))
-        mask = torch.cat([mask.new_ones((len(prompts), prefix.length)), mask], dim=1)  # (B, S + P)
-        positions = positions + prefix.length
-    # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
-    out, cache = _forward_with_cache(
-        model, past, input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
-    )
-    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+    step = forward_batch or len(prompts)
+    parts = [_encode_prompts(model, prompts[i : i + step], pad_id, prefix) for i in range(0, len(prompts), step)]
+    cache, mask, last = _stack_prompts(parts, 0 if prefix is None else prefix.length)
+    first = torch.log_softmax(last.float(), dim=-1)  # (B, V)
     tree = _TreeCache(cache, mask, labels, pad_id)
     token, parent, inner, leaf = (t.to(device) for t in (labels.token, labels.parent, labels.inner, labels.leaf))
     lengths, max_len = labels.lengths.to(device).float(), labels.max_len.to(device).float()
