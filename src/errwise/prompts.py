@@ -65,7 +65,8 @@ def anchor_instance(rel: Relation) -> RelationInstance | None:
     if not rel.description.strip():
         return None
     tokens = (*ANCHOR_HEAD, "and", *ANCHOR_TAIL, ":", *rel.description.split())
-    return RelationInstance(f"anchor/{rel.id}", tokens, (0, 2), (3, 5), rel.id)
+    tail = len(ANCHOR_HEAD) + 1
+    return RelationInstance(f"anchor/{rel.id}", tokens, (0, len(ANCHOR_HEAD)), (tail, tail + len(ANCHOR_TAIL)), rel.id)
 
 
 def confront_example(inst: RelationInstance, gold: Relation, wrong: Relation, weight: float = 1.0) -> Example:

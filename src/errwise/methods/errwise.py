@@ -209,10 +209,8 @@ class Errwise:
             rels = [rng.choice(ctx.seen).id for _ in range(2 * len(confusions))]
         else:
             return []
-        anchors = {r.id: anchor_instance(r) for r in ctx.seen}
-        return [
-            ctx.plain(a, kind="anchor", weight=self.cfg.error_weight) for r in rels if (a := anchors.get(r)) is not None
-        ]
+        anchors = (anchor_instance(ctx.relation(r)) for r in rels)
+        return [ctx.plain(a, kind="anchor", weight=self.cfg.error_weight) for a in anchors if a is not None]
 
     def _distilled(self, ex: Example, targets: dict | None) -> Example:
         if not targets or ex.uid not in targets:
