@@ -24,6 +24,7 @@ from errwise.config import (
     RunConfig,
     TrainConfig,
 )
+from errwise.data.types import RelationInstance
 from errwise.errors import ErrwiseError
 from errwise.methods import METHODS
 from errwise.run import make_stream, run
@@ -394,6 +395,53 @@ def test_errwise_anchors_train_relation_descriptions_in_the_tested_format(tiny_m
         assert "anchor" not in read_jsonl(off / "metrics.jsonl")[1]["train_kinds"]
         with pytest.raises(ErrwiseError, match="anchors"):
             ErrwiseConfig(anchors="some")
+
+
+@pytest.mark.parametrize("mode", ["errors", "all"])
+def test_errwise_entity_swap_trains_memory_instances_with_another_mention(tiny_model_dir, tmp_path, monkeypatch, mode):
+    """errwise.entity_swap: each memory instance of a chosen relation twice in the plain instruction, once with its
+    head replaced by another relation's instance's head, once with its tail replaced likewise, answered with its own
+    relation. `errors`: the relations of the error cases, as often as they occur; `all`: every relation once."""
+    trained = recorded_rounds(monkeypatch)
+    cfg = tiny_config(tiny_model_dir, tmp_path / mode, "errwise", error_fraction=None, entity_swap=mode)
+    out = run(cfg)
+    stream = make_stream(cfg)
+    instances = {x.uid: x for t in stream.tasks for x in (*t.train, *t.test)}
+    name = {r.id: r.name for r in stream.relations}
+    swaps = [ex for ex in trained[1] if ex.kind == "swap"]
+    assert swaps and read_jsonl(out / "metrics.jsonl")[1]["train_kinds"]["swap"] == len(swaps)
+    mentions = {role: {getattr(x, role + "_text") for x in instances.values()} for role in ("head", "tail")}
+    per_relation: dict[str, int] = {}
+    for ex in swaps:
+        uid, variant = ex.uid.split("/swap-")
+        role, mention = variant.split(":", 1)
+        x = instances[uid]
+        assert ex.answer == name[x.relation] and ex.prompt.startswith("What is the relation of the head to the tail?")
+        kept = "tail" if role == "head" else "head"
+        assert f"\n{role.capitalize()}: {mention}\n" in ex.prompt and mention in mentions[role]
+        assert f"\n{kept.capitalize()}: {getattr(x, kept + '_text')}\n" in ex.prompt  # the other entity stays
+        per_relation[x.relation] = per_relation.get(x.relation, 0) + 1
+    memory = json.loads((out / "memory" / "task_00.json").read_text())  # task 1's relations, 2 instances each
+    if mode == "all":
+        assert per_relation == {rel: 2 * len(uids) for rel, uids in memory.items()}
+    else:
+        errors = [r for r in read_jsonl(out / "error_cases" / "task_01.jsonl") if not r["correct"]]
+        counts = {rel: 0 for rel in memory}
+        for r in errors:
+            for rel in {r["gold"], r["pred"]} & set(memory) if r["gold"] != r["pred"] else ():
+                counts[rel] += 1
+        assert per_relation == {rel: 2 * len(memory[rel]) * n for rel, n in counts.items() if n}
+    # the replacement itself: spans moved to match, either order of head and tail
+    from errwise.methods.errwise import with_mention
+
+    x = RelationInstance("r/1", ("Anna", "was", "born", "in", "New", "York", "."), (0, 1), (4, 6), "r")
+    v = with_mention(x, "head", ["Karl", "Marx"])
+    assert (v.head_text, v.tail_text, v.text) == ("Karl Marx", "New York", "Karl Marx was born in New York .")
+    y = RelationInstance("r/2", ("in", "Rome", ",", "Anna", "lived"), (3, 4), (1, 2), "r")
+    w = with_mention(y, "tail", ["the", "old", "city"])
+    assert (w.head_text, w.tail_text, w.uid) == ("Anna", "the old city", "r/2/swap-tail:the old city")
+    with pytest.raises(ErrwiseError, match="entity_swap"):
+        ErrwiseConfig(entity_swap="some")
 
 
 def test_the_consolidation_round_takes_its_steps_from_the_task_budget(tiny_model_dir, tmp_path):

@@ -296,6 +296,15 @@ class ErrwiseConfig:
         "`all`: every seen relation's anchor in every round (the control without error cases); `random`: as many "
         "anchors as `errors` would bring, of relations drawn at random (the control fed random pairs); `off`.",
     )
+    entity_swap: str = _f(
+        "off",
+        "More than one instance's worth of a relation from its memory (entity substitution): each memory instance of a "
+        "chosen relation gets two variants in the plain instruction, one with its head mention replaced by the head of "
+        "another relation's instance, one with its tail replaced likewise (the sentence's context, which carries the "
+        "relation, kept), among the error-focused examples. `errors`: the relations of each error case (gold r "
+        "answered r', both); `all`: every seen relation's memory in every round (the control without error cases); "
+        "`random`: as many relations as `errors` would bring, drawn at random; `off`.",
+    )
     distill_top_k: int = _f(5, "Old relations' labels per instance in the distillation (the previous model's best).")
     distill_temperature: float = _f(2.0, "Softmax temperature of the distillation, previous and current model alike.")
 
@@ -315,6 +324,10 @@ class ErrwiseConfig:
         _check(
             self.anchors in ("off", "errors", "all", "random"),
             f"errwise.anchors must be off, errors, all or random, got {self.anchors!r}",
+        )
+        _check(
+            self.entity_swap in ("off", "errors", "all", "random"),
+            f"errwise.entity_swap must be off, errors, all or random, got {self.entity_swap!r}",
         )
         _check(
             self.error_scope in ("all", "learned"),

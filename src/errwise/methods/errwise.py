@@ -183,6 +183,7 @@ class Errwise:
             base.append(self._distilled(err, targets))
             out += self._error_focused(ctx, x, pred, kind + "-error", by_rel, rng)
         out += self._anchors(ctx, confusions, rng)
+        out += self._swaps(ctx, confusions, by_rel, rng)
         if c.error_fraction is not None and out and base:
             # At a fixed step budget every error-focused example displaces plain training. On a new task nearly
             # every training instance is an initial error (the model has never answered its relations), so
@@ -211,6 +212,31 @@ class Errwise:
             return []
         anchors = (anchor_instance(ctx.relation(r)) for r in rels)
         return [ctx.plain(a, kind="anchor", weight=self.cfg.error_weight) for a in anchors if a is not None]
+
+    def _swaps(self, ctx: TaskContext, confusions, by_rel, rng: random.Random) -> list[Example]:
+        """The entity-substituted variants of a round (errwise.entity_swap): for each chosen relation (`errors`: both
+        relations of each error case, as often as they occur; `all`: every seen relation once; `random`: as many as
+        `errors` would give, drawn at random), each of its memory instances twice, once with its head mention replaced
+        by the head of an instance of another relation, once with its tail replaced by another's tail."""
+        mode = self.cfg.entity_swap
+        if mode == "errors":
+            rels = [r for pair in confusions for r in pair]
+        elif mode == "all":
+            rels = [r.id for r in ctx.seen]
+        elif mode == "random":
+            rels = [rng.choice(ctx.seen).id for _ in range(2 * len(confusions))]
+        else:
+            return []
+        pool = sorted((x for xs in by_rel.values() for x in xs), key=lambda x: x.uid)
+        out = []
+        for rel in rels:
+            others = [y for y in pool if y.relation != rel]
+            mem = by_rel.get(rel, []) if rel in ctx.memory and others else []  # the probe left out
+            for x in (x for x in mem if x.head[1] <= x.tail[0] or x.tail[1] <= x.head[0]):  # spans apart
+                for role in ("head", "tail"):
+                    v = with_mention(x, role, getattr(rng.choice(others), role + "_text").split())
+                    out.append(ctx.plain(v, kind="swap", weight=self.cfg.error_weight))
+        return out
 
     def _distilled(self, ex: Example, targets: dict | None) -> Example:
         if not targets or ex.uid not in targets:
@@ -282,6 +308,18 @@ def error_case_rows(cases) -> str:
     """The JSONL text of error_cases/task_XX*.jsonl: one row per (instance, source, predicted relation id)."""
     rows = [{"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in cases]
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def with_mention(x: RelationInstance, role: str, mention: list[str]) -> RelationInstance:
+    """x with its `role` (head or tail) mention replaced by the tokens `mention`, the other span moved to match;
+    the uid marks the variant (`<uid>/swap-<role>:<mention>`)."""
+    span, other = (x.head, x.tail) if role == "head" else (x.tail, x.head)
+    tokens = (*x.tokens[: span[0]], *mention, *x.tokens[span[1] :])
+    shift = len(mention) - (span[1] - span[0])
+    new = (span[0], span[0] + len(mention))
+    moved = (other[0] + shift, other[1] + shift) if other[0] >= span[1] else other
+    head, tail = (new, moved) if role == "head" else (moved, new)
+    return RelationInstance(f"{x.uid}/swap-{role}:{' '.join(mention)}", tokens, head, tail, x.relation)
 
 
 def _draw(rel: str, xs: list[RelationInstance], k: int, seed: int) -> list[RelationInstance]:
