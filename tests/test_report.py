@@ -233,9 +233,11 @@ def test_compare_table_pairs_runs_by_order(runs, tmp_path):
     text = compare_table([e0, e1, *runs[:2]])
     # forgetting of e0: tasks 1-2 drop 1.0 -> .8 and .9 -> .8: 15 points; e1: 1.0 -> .6 and .8 -> .6: 30 points
     assert table_rows(text, "errwise")[0][-6:] == ["22.5±10.6", "72.5±10.6", "+7.5±3.5", "0.205", "2", ""]
-    without = compare_table([e0, e1], baseline="replay")
+    without = compare_table([e0, e1])  # no replay group and none named: the table without differences
     assert table_rows(without, "errwise")[0][-4:] == ["n/a", "n/a", "0", ""]
     assert "without a `replay` group" in without
+    with pytest.raises(ErrwiseError, match="baseline 'replay' matches no group; the groups are: 'errwise'"):
+        compare_table([e0, e1], baseline="replay")  # named, but not there: a typo must not pass silently
     # With a joint group: the share of the joint - replay gap recovered, over the orders all three completed.
     # joint finals .9 (order 0) and .7 (order 1) against replay's .7 and .6: gap .3; errwise recovers .15: 50 %.
     j0 = fake_run(tmp_path, "j0", "joint", 0, [[1.0], [0.9, 0.9], [0.9, 0.9, 0.9]], wall=1)

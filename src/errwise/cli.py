@@ -318,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--quiet", action="store_true", help="print only the first section")
     cp = sub.add_parser("compare", help="methods side by side: mean +- std over orders, paired test")
     cp.add_argument("runs", nargs="+")
-    cp.add_argument("--baseline", default="replay")
+    cp.add_argument(
+        "--baseline", help="the group the others are compared with: a label as printed, or a method [replay, if any]"
+    )
     cp.add_argument("--plot", metavar="FILE", help="also write the seen accuracy per task, methods side by side (PNG)")
     for p in (rp, cp):
         p.add_argument(

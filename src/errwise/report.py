@@ -513,13 +513,18 @@ def environment_note(groups: dict[str, list[RunResult]]) -> str:
 
 
 def compare_table(
-    run_dirs: Sequence[Path], baseline: str = "replay", ignore: Sequence[str] = (), plot: Path | None = None
+    run_dirs: Sequence[Path], baseline: str | None = None, ignore: Sequence[str] = (), plot: Path | None = None
 ) -> str:
     """Markdown: methods as rows, T1..Tn and final accuracy (mean±std over orders), and the final-accuracy
     difference to `baseline` with a paired t-test over task orders; then error-case counts where recorded.
-    `ignore`: config keys that do not split groups (see group_runs). `plot`: also draw the seen accuracy after
-    each task, the groups side by side, to this PNG file."""
+    `baseline`: a group's label or method name; None: replay where there is one, else no differences. A baseline
+    named but matching no group is an error that lists the groups. `ignore`: config keys that do not split groups
+    (see group_runs). `plot`: also draw the seen accuracy after each task, the groups side by side, to this PNG file."""
     groups = group_runs(_load_all(run_dirs), ignore)
+    if baseline is not None and _baseline_label(groups, baseline) is None:
+        names = "; ".join(f"'{label}'" for label in groups)
+        raise ErrwiseError(f"baseline {baseline!r} matches no group; the groups are: {names}")
+    baseline = baseline or "replay"
     stats = {label: group_stats(runs) for label, runs in groups.items()}
     if plot is not None:
         Path(plot).parent.mkdir(parents=True, exist_ok=True)
