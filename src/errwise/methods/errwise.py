@@ -201,15 +201,7 @@ class Errwise:
         """The description anchors of a round (errwise.anchors): `errors`, both relations of each error case;
         `all`, every seen relation once; `random`, as many as `errors` would give, of seen relations drawn at random.
         A relation without a description has no anchor."""
-        mode = self.cfg.anchors
-        if mode == "errors":
-            rels = [r for pair in confusions for r in pair]
-        elif mode == "all":
-            rels = [r.id for r in ctx.seen]
-        elif mode == "random":
-            rels = [rng.choice(ctx.seen).id for _ in range(2 * len(confusions))]
-        else:
-            return []
+        rels = _chosen_relations(self.cfg.anchors, ctx, confusions, rng)
         anchors = (anchor_instance(ctx.relation(r)) for r in rels)
         return [ctx.plain(a, kind="anchor", weight=self.cfg.error_weight) for a in anchors if a is not None]
 
@@ -218,14 +210,8 @@ class Errwise:
         relations of each error case, as often as they occur; `all`: every seen relation once; `random`: as many as
         `errors` would give, drawn at random), each of its memory instances twice, once with its head mention replaced
         by the head of an instance of another relation, once with its tail replaced by another's tail."""
-        mode = self.cfg.entity_swap
-        if mode == "errors":
-            rels = [r for pair in confusions for r in pair]
-        elif mode == "all":
-            rels = [r.id for r in ctx.seen]
-        elif mode == "random":
-            rels = [rng.choice(ctx.seen).id for _ in range(2 * len(confusions))]
-        else:
+        rels = _chosen_relations(self.cfg.entity_swap, ctx, confusions, rng)
+        if not rels:
             return []
         pool = sorted((x for xs in by_rel.values() for x in xs), key=lambda x: x.uid)
         out = []
@@ -308,6 +294,19 @@ def error_case_rows(cases) -> str:
     """The JSONL text of error_cases/task_XX*.jsonl: one row per (instance, source, predicted relation id)."""
     rows = [{"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in cases]
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _chosen_relations(mode: str, ctx: TaskContext, confusions: list[tuple[str, str]], rng: random.Random) -> list[str]:
+    """The relations an anchors / entity_swap mode picks in a round: `errors`, both relations of each error case (as
+    often as they occur); `all`, every seen relation once; `random`, as many as `errors` would, drawn at random;
+    `off`, none."""
+    if mode == "errors":
+        return [r for pair in confusions for r in pair]
+    if mode == "all":
+        return [r.id for r in ctx.seen]
+    if mode == "random":
+        return [rng.choice(ctx.seen).id for _ in range(2 * len(confusions))]
+    return []
 
 
 def with_mention(x: RelationInstance, role: str, mention: list[str]) -> RelationInstance:
