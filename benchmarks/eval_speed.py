@@ -77,6 +77,25 @@ class _same:
         return False
 
 
+def _quantise_inference_copies() -> None:
+    """Every inference copy of the model becomes an fp32 copy with int8 dynamically quantised linear layers
+    (weights per tensor, activations per batch): the probe of int8 evaluation (docs/speed.md)."""
+    import contextlib
+    import copy
+    import warnings
+
+    real = evaluate.inference_copy
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
+
+    @contextlib.contextmanager
+    def int8_copy(model):
+        with real(model) as m:
+            linear = {torch.nn.Linear}
+            yield torch.ao.quantization.quantize_dynamic(copy.deepcopy(m).float(), linear, dtype=torch.qint8).eval()
+
+    evaluate.inference_copy = int8_copy
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=400, help="test sentences")
@@ -91,6 +110,11 @@ def main() -> None:
         type=int,
         help="batches searched together (candidate_scores' search_batches; versions that have it); default: its own",
     )
+    ap.add_argument(
+        "--int8",
+        action="store_true",
+        help="a probe: the merged inference copy's linear layers quantised to int8 (torch.ao dynamic, from fp32)",
+    )
     ap.add_argument("--skip-forward", action="store_true", help="time the exact prediction only")
     ap.add_argument("--save", help="write the predictions (JSON) here")
     ap.add_argument("--profile", type=int, default=0, help="also print the N costliest operators of the prediction")
@@ -104,6 +128,8 @@ def main() -> None:
         print(f"accuracy: {100 * acc[0]:.2f} % ({a['label']}) vs {100 * acc[1]:.2f} % ({b['label']})")
         return
     torch.set_num_threads(args.threads)
+    if args.int8:
+        _quantise_inference_copies()
     xs, relations = fcre_test(Path(args.fcre), args.n)
     tok = load_tokenizer(args.model)
     adapter = Path(args.adapter) if args.adapter else None
@@ -115,7 +141,8 @@ def main() -> None:
     tokenise = time.perf_counter() - t
     extra = {} if args.search_batches is None else {"search_batches": args.search_batches}
     evaluate.candidate_scores(model, tok, xs[: args.batch_size], relations, batch_size=args.batch_size)  # warm-up
-    line = f"{args.n} sentences, 80 candidates, {args.dtype}, batch {args.batch_size}, {args.threads} thread(s)"
+    kind = f"{args.dtype}{' int8' if args.int8 else ''}"
+    line = f"{args.n} sentences, 80 candidates, {kind}, batch {args.batch_size}, {args.threads} thread(s)"
     line += f", search_batches {args.search_batches}" if extra else ""
     if not args.skip_forward:
         t, c = time.perf_counter(), time.process_time()
@@ -137,7 +164,7 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
     if args.save:
         pred = [relations[b].id for b in best.tolist()]
-        label = f"{args.dtype} {args.save}"
+        label = f"{kind} {args.save}"
         Path(args.save).write_text(json.dumps({"label": label, "pred": pred, "gold": [x.relation for x in xs]}))
 
 
