@@ -12,11 +12,11 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from errwise.data.types import Relation, RelationInstance
 from errwise.model import build_labels, encode_prefix, left_pad, score_candidates
+from errwise.progress import progress
 from errwise.prompts import plain_prompt
 
 
@@ -106,7 +106,7 @@ def candidate_scores(
         shared = shared_prefix(prompts) if share_prefix else []
         prefix = encode_prefix(m, shared)
         group = batch_size * max(1, search_batches)
-        for start in tqdm(range(0, len(order), group), desc=desc, leave=False, disable=None):
+        for start in progress(range(0, len(order), group), desc=desc, leave=False):
             idx = order[start : start + group]
             best[idx], scores[idx] = score_candidates(
                 m,

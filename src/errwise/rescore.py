@@ -24,6 +24,7 @@ from errwise.config import RunConfig, save_yaml
 from errwise.errors import ErrwiseError
 from errwise.methods import build_method
 from errwise.model import load_tokenizer, pick_device
+from errwise.progress import progress
 from errwise.run import (
     _comparable,
     _write_json,
@@ -116,7 +117,7 @@ def rescore(
     written = list(done)
     matrix = [line["accuracy_row"] for line in done]
     t_start = time.time()
-    for i in tqdm(range(len(done), len(lines)), desc="rescore tasks", disable=None):
+    for i in progress(range(len(done), len(lines)), desc="rescore tasks"):
         t0 = time.time()
         # a fresh model per checkpoint (loading the cached base weights takes about a second)
         model = load_run_model(cfg, device, run_dir / "checkpoints" / f"task_{i:02d}")

@@ -32,6 +32,7 @@ from errwise.evaluate import embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path, save_checkpoint
+from errwise.progress import progress
 from errwise.rundir import (
     append_line,
     atomic_write,
@@ -175,7 +176,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
     matrix = [row["accuracy_row"] for row in done]
     start_time = time.time() - sum(row["seconds"] for row in done)
 
-    for task in tqdm(stream.tasks[len(done) :], desc="tasks", disable=None):
+    for task in progress(stream.tasks[len(done) :], desc="tasks"):
         t0 = time.time()
         phases: dict[str, float] = {}
         seed_everything(cfg.train.seed + 1000 * task.index)  # per-task seed: a resumed run repeats it exactly

@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from errwise import distributed
 from errwise.evaluate import shared_prefix
 from errwise.model import _forward_with_cache, build_labels, label_ids, run_prefix, score_candidates
+from errwise.progress import progress
 from errwise.prompts import Example
 
 
@@ -339,7 +339,7 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(model)
     batches: list[list[int]] = []
     total_loss, total_distill, tokens = 0.0, 0.0, 0
-    bar = tqdm(range(steps), desc=desc, leave=False, disable=None)
+    bar = progress(range(steps), desc=desc, leave=False)
     for step in bar:
         if not batches:
             batches = bucketed_batches([len(ids) for ids, _ in encoded], batch_size, rng)
