@@ -214,13 +214,17 @@ class Errwise:
         if not rels:
             return []
         pool = sorted((x for xs in by_rel.values() for x in xs), key=lambda x: x.uid)
+        others: dict[str, list[RelationInstance]] = {}  # per relation, the instances whose mentions it may take
         out = []
-        for rel in rels:
-            others = [y for y in pool if y.relation != rel]
-            mem = by_rel.get(rel, []) if rel in ctx.memory and others else []  # the probe left out
+        for rel in rels:  # `errors` names a relation once per error case: its pool is built once
+            if rel not in ctx.memory:
+                continue
+            if rel not in others:
+                others[rel] = [y for y in pool if y.relation != rel]
+            mem = by_rel.get(rel, []) if others[rel] else []  # the probe left out
             for x in (x for x in mem if x.head[1] <= x.tail[0] or x.tail[1] <= x.head[0]):  # spans apart
                 for role in ("head", "tail"):
-                    v = with_mention(x, role, getattr(rng.choice(others), role + "_text").split())
+                    v = with_mention(x, role, getattr(rng.choice(others[rel]), role + "_text").split())
                     out.append(ctx.plain(v, kind="swap", weight=self.cfg.error_weight))
         return out
 
