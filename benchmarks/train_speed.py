@@ -5,7 +5,6 @@ figures; asserts nothing.
     python benchmarks/train_speed.py --steps 40                 # both recipes, tokens/s and loss side by side
     python benchmarks/train_speed.py --steps 12 --profile       # plus torch.profiler's table of errwise's steps
     python benchmarks/train_speed.py --recipes hf,errwise-before,errwise   # and errwise's step as it was before
-    python benchmarks/train_speed.py --recipes hf,errwise-unfused,errwise  # before and after the fused projections
 
 The examples are the first FCRE FewRel 5-shot training sentences of task 1's relations (`../shared/data/fcre/fewrel`,
 or --fcre), prompt and answer as errwise trains them; the batches are `train.bucketed_batches`' with the run's seed,
@@ -83,16 +82,12 @@ def fresh_model(args):
     return load_model(args.model, device=torch.device("cpu"), dtype=dtype, lora=True, lora_r=16)
 
 
-def run_errwise(args, tok, xs, profile: bool = False, before: bool = False, fuse: bool = True) -> dict:
+def run_errwise(args, tok, xs, profile: bool = False, before: bool = False) -> dict:
     """errwise's `train`; `before`: as it was before bf16 adapters (`train.adapters_in_weight_dtype`: PEFT's fp32
-    adapter path instead) and the shared instruction run once per batch (`share_prefix=False`: every row in full)
-    and the fused sibling projections (`fuse=False`); `fuse=False` alone: errwise's step before the fusion."""
+    adapter path instead) and the shared instruction run once per batch (`share_prefix=False`: every row in full)."""
     model = fresh_model(args)
     saved = getattr(train_module, "adapters_in_weight_dtype", None)
-    known = inspect.signature(train).parameters
-    extra = {"share_prefix": False} if before and "share_prefix" in known else {}
-    if (before or not fuse) and "fuse" in known:
-        extra["fuse"] = False
+    extra = {"share_prefix": False} if before and "share_prefix" in inspect.signature(train).parameters else {}
     if before and saved is not None:
         train_module.adapters_in_weight_dtype = lambda m: contextlib.nullcontext()
     stamps: list[float] = []
@@ -197,8 +192,7 @@ def main() -> None:
             if name == "hf":
                 r = run_hf(args, tok, xs, order)
             else:
-                before, fuse = name == "errwise-before", name != "errwise-unfused"
-                r = run_errwise(args, tok, xs, args.profile, before=before, fuse=fuse)
+                r = run_errwise(args, tok, xs, args.profile, before=name == "errwise-before")
             r["heldout"] = heldout_loss(r.pop("model"), tok, held, args.max_length)
             r["tokens"] = tokens
             rate = r["tokens"] / r["seconds"]

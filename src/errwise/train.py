@@ -14,7 +14,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from errwise import distributed
 from errwise.evaluate import shared_prefix
-from errwise.fused import fused_siblings
 from errwise.model import _forward_with_cache, build_labels, label_ids, run_prefix, score_candidates
 from errwise.progress import progress
 from errwise.prompts import Example
@@ -300,15 +299,13 @@ def train(
     desc: str = "train",
     on_step: Callable[[float], None] | None = None,
     share_prefix: bool = True,
-    fuse: bool = True,
 ) -> TrainStats:
     """AdamW with linear warmup and decay, a fresh optimiser per call (per task), as CRE codebases do.
 
     The budget is `epochs` passes over `examples`, or exactly `max_steps` optimiser steps (the loop sets them
     for equal-budget comparisons and the consolidation round); the data are cycled. `on_step` gets each step's
     loss (experiment tracking). `share_prefix`: the tokens every prompt starts with run once per batch (`collate`);
-    False: every row in full (the reference). `fuse`: sibling LoRA projections that read the same input (query, key,
-    value; gate, up) run as one product each (`fused.fused_siblings`); False: PEFT's forward per layer (the reference).
+    False: every row in full (the reference).
     """
     kinds: dict[str, int] = {}
     for ex in examples:
@@ -343,47 +340,45 @@ def train(
     batches: list[list[int]] = []
     total_loss, total_distill, tokens = 0.0, 0.0, 0
     bar = progress(range(steps), desc=desc, leave=False)
-    # The model's sibling projections fused for the loop (undone after it, also on an error).
-    with fused_siblings(model) if fuse else contextlib.nullcontext():
-        for step in bar:
-            if not batches:
-                batches = bucketed_batches([len(ids) for ids, _ in encoded], batch_size, rng)
-            idx = batches.pop()
-            local, w = idx[rank::world], weights[idx[rank::world]]
-            stand_in = not local
-            if stand_in:  # fewer examples than processes: a zero-weight stand-in keeps the all-reduce in step
-                local, w = idx[:1], torch.zeros(1)
-            distill = torch.zeros(())
-            if not stand_in and any(examples[i].distill and examples[i].distill_weight > 0 for i in local):
-                # Distillation targets: each example's prompt runs once, followed by all of its answers.
-                with adapters_in_weight_dtype(model):
-                    loss, distill, n_tokens = packed_loss(net, tok, [examples[i] for i in local], w, max_length)
-            else:
-                pairs = [] if stand_in else [j for j, i in enumerate(local) if i in rejected]
-                rows = [encoded[i] for i in local] + [rejected[local[j]] for j in pairs]
-                batch = collate(rows, tok.pad_token_id, shared)
-                n_tokens = 0 if stand_in else int(batch["attention_mask"].sum()) + len(rows) * shared
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                with adapters_in_weight_dtype(model):
-                    nll, n = answer_nll(net, batch)  # (rows,)
-                losses = nll[: len(local)] / n[: len(local)]  # mean answer-token cross-entropy per example
-                loss = (losses * w.to(device)).sum()
-                if pairs:
-                    rank_w = torch.tensor([examples[local[j]].rank_weight for j in pairs], device=device)
-                    loss = loss + (rank_losses(nll[pairs], nll[len(local) :]) * rank_w).sum()
-            # The weighted mean over the global batch; DDP averages gradients over processes, hence `* world`.
-            loss = loss * world / len(idx)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step_loss = distributed.all_sum(loss.item()) / world
-            total_loss += step_loss
-            total_distill += distributed.all_sum(distill.item()) / len(idx)
-            if on_step is not None:
-                on_step(step_loss)
-            tokens += int(distributed.all_sum(n_tokens))
-            bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
+    for step in bar:
+        if not batches:
+            batches = bucketed_batches([len(ids) for ids, _ in encoded], batch_size, rng)
+        idx = batches.pop()
+        local, w = idx[rank::world], weights[idx[rank::world]]
+        stand_in = not local
+        if stand_in:  # fewer examples than processes: a zero-weight stand-in keeps the all-reduce in step
+            local, w = idx[:1], torch.zeros(1)
+        distill = torch.zeros(())
+        if not stand_in and any(examples[i].distill and examples[i].distill_weight > 0 for i in local):
+            # Distillation targets: each example's prompt runs once, followed by all of its answers.
+            with adapters_in_weight_dtype(model):
+                loss, distill, n_tokens = packed_loss(net, tok, [examples[i] for i in local], w, max_length)
+        else:
+            pairs = [] if stand_in else [j for j, i in enumerate(local) if i in rejected]
+            rows = [encoded[i] for i in local] + [rejected[local[j]] for j in pairs]
+            batch = collate(rows, tok.pad_token_id, shared)
+            n_tokens = 0 if stand_in else int(batch["attention_mask"].sum()) + len(rows) * shared
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            with adapters_in_weight_dtype(model):
+                nll, n = answer_nll(net, batch)  # (rows,)
+            losses = nll[: len(local)] / n[: len(local)]  # mean answer-token cross-entropy per example
+            loss = (losses * w.to(device)).sum()
+            if pairs:
+                rank_w = torch.tensor([examples[local[j]].rank_weight for j in pairs], device=device)
+                loss = loss + (rank_losses(nll[pairs], nll[len(local) :]) * rank_w).sum()
+        # The weighted mean over the global batch; DDP averages gradients over processes, hence `* world`.
+        loss = loss * world / len(idx)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step_loss = distributed.all_sum(loss.item()) / world
+        total_loss += step_loss
+        total_distill += distributed.all_sum(distill.item()) / len(idx)
+        if on_step is not None:
+            on_step(step_loss)
+        tokens += int(distributed.all_sum(n_tokens))
+        bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
     model.eval()
     return TrainStats(steps, len(examples), tokens, total_loss / steps, kinds, total_distill / steps)
