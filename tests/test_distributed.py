@@ -14,8 +14,12 @@ from errwise.cli import main
 ARGS = [
     "--data.num_tasks", "2", "--data.relations_per_task", "2", "--data.train_size", "8", "--data.test_size", "4",
     "--model.lora_r", "4", "--model.lora_alpha", "8", "--train.epochs", "1", "--train.batch_size", "4",
-    "--train.lr", "1e-3", "--method.memory_per_relation", "2", "--eval.batch_size", "8",
+    "--train.lr", "1e-3", "--method.memory_per_relation", "2",
+    "--method.memory_selection", "random", "--eval.batch_size", "8",
 ]  # fmt: skip
+# Random memory selection: k-means on a tiny random model's hidden states meets near ties that flip with the last
+# bit of the weights, and DDP's averaged gradients differ from one batch's in the last bits (on an AVX2-only EPYC,
+# replay's memory took another instance and task 2's loss moved by 7e-5). The two processes must still agree.
 
 
 def lines(path):
