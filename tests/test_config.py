@@ -24,6 +24,10 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path):
         from_dict({"train": {"batch_size": 0}})
     with pytest.raises(ErrwiseError, match="eval.search must be exact or first_token"):
         from_dict({"eval": {"search": "beam"}})
+    with pytest.raises(ErrwiseError, match="eval.calibrate must be none or content_free"):
+        from_dict({"eval": {"calibrate": "platt"}})
+    with pytest.raises(ErrwiseError, match="needs eval.score sum and eval.search exact"):
+        from_dict({"eval": {"calibrate": "content_free", "search": "first_token"}})
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [unclosed")
     with pytest.raises(ErrwiseError, match="bad.yaml"):

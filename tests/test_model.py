@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from errwise.errors import ErrwiseError
 from errwise.model import (
     build_labels,
     feed_groups,
@@ -245,8 +246,6 @@ def test_pruning_skips_candidates_that_cannot_win(tiny):
 
 
 def test_duplicate_label_names_are_rejected(tiny):
-    from errwise.errors import ErrwiseError
-
     _, tok = tiny
     with pytest.raises(ErrwiseError, match="same name"):
         build_labels(tok, ["spouse", "spouse"])
@@ -334,3 +333,36 @@ def test_feed_groups_cover_every_feeding_row_once_in_batch_order():
     assert all(len(g) * int(count[g].max()) <= 8 or len(g) == 1 for g in small)
     assert sorted(torch.cat(small).tolist()) == [0, 1, 2, 3, 4]
     assert feed_groups(torch.zeros(4, dtype=torch.long), max_tokens=64) == []
+
+
+@pytest.mark.parametrize("names", [NAMES, SHARED], ids=["names", "shared-prefixes"])
+def test_a_score_bonus_keeps_the_search_exact(tiny, names):
+    """Per-candidate bonuses (calibration) shift every label's score; the pruned search still returns the argmax
+    of reference + bonus, with bonuses large enough to reorder the answers and one bonus on a single label."""
+    model, tok = tiny
+    prompts = encode_prompts(tok, SENTENCES) + [tok("Relation:")["input_ids"]]
+    labels = build_labels(tok, names)
+    ref = reference_scores(model, tok, prompts, names)
+    g = torch.Generator().manual_seed(0)
+    spread = float((ref.max(1).values - ref.min(1).values).max())
+    lone = torch.zeros(len(names))
+    lone[ref.mean(0).argmin()] = spread + 1.0  # the label that was never best wins every prompt
+    assert (ref + lone).argmax(1).tolist() != ref.argmax(1).tolist()  # so the answers change: the test can fail
+    for bonus in (torch.rand(len(names), generator=g) * spread, lone):
+        want = (ref + bonus).argmax(1)
+        for widths in ((4, 4, 16), (1,)):
+            pred, scores = score_candidates(model, prompts, labels, pad_id=tok.pad_token_id, bonus=bonus, widths=widths)
+            assert pred.tolist() == want.tolist()
+            scored = torch.isfinite(scores)
+            assert torch.allclose(scores[scored], (ref + bonus)[scored], atol=1e-4)
+
+
+def test_a_score_bonus_is_refused_where_the_search_cannot_bound_it(tiny):
+    model, tok = tiny
+    labels = build_labels(tok, NAMES)
+    prompts = encode_prompts(tok, SENTENCES[:1])
+    for kwargs in ({"score": "mean"}, {"first_token": True}, {"bonus": -torch.ones(len(NAMES))}):
+        with pytest.raises(ErrwiseError, match="bonus"):
+            score_candidates(
+                model, prompts, labels, pad_id=tok.pad_token_id, **{"bonus": torch.ones(len(NAMES)), **kwargs}
+            )

@@ -102,6 +102,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     split = args.split or split
     tag = f"{split}{args.max_val if split == 'val' else args.max_test or 'all'}"
     tag += f"-{args.search}" if args.search else ""
+    tag += f"-{args.calibrate}" if args.calibrate else ""
     for run_dir in args.runs:
         out = Path(args.out) / Path(run_dir).name if args.out else Path(f"{run_dir.rstrip('/')}-{tag}")
         rescore(
@@ -112,6 +113,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
             max_val=args.max_val,
             data_path=args.data_path,
             search=args.search,
+            calibrate=args.calibrate,
         )
 
 
@@ -344,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--data-path", help="dataset folder, when it moved since the run")
     sp.add_argument(
         "--search", choices=("exact", "first_token"), help="prediction search (eval.search; default: the run's)"
+    )
+    sp.add_argument(
+        "--calibrate",
+        choices=("none", "content_free"),
+        help="score calibration (eval.calibrate; default: the run's)",
     )
     sp.add_argument("--out", help="parent folder of the rescored runs (default: beside each run, RUN-test<N>)")
     sub.add_parser("methods", help="list the registered continual methods")

@@ -433,8 +433,23 @@ class EvalConfig:
         "tokens resolved exactly (cheaper at many candidates, not exact; docs/speed.md).",
     )
 
+    calibrate: str = _f(
+        "none",
+        "`content_free`: each candidate's score is divided by the model's prior for it, its mean probability on "
+        "content-free inputs (Zhao et al. 2021), against the favour of the task trained last or the relations with "
+        "the most data; exact search with `sum` scores. `none`: the scores as they are.",
+    )
+
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
+        _check(
+            self.calibrate in ("none", "content_free"),
+            f"eval.calibrate must be none or content_free, got {self.calibrate!r}",
+        )
+        _check(
+            self.calibrate == "none" or (self.score == "sum" and self.search == "exact"),
+            "eval.calibrate content_free needs eval.score sum and eval.search exact",
+        )
         _check(self.score in ("sum", "mean"), f"eval.score must be sum or mean, got {self.score!r}")
         _check(self.split in ("test", "val"), f"eval.split must be test or val, got {self.split!r}")
         n = self.intermediate_test

@@ -47,6 +47,7 @@ def predict(
     exhaustive: bool = False,
     hints: Sequence[str] | None = None,
     desc: str = "predict",
+    bonus: torch.Tensor | None = None,
 ) -> list[str]:
     """The predicted relation id of every instance, among `candidates` (the relations seen so far); `hints[i]`
     (e.g. retrieved lessons) is put first in instance i's prompt. `search`: `exact` (the best label by full
@@ -65,6 +66,7 @@ def predict(
         exhaustive=exhaustive,
         hints=hints,
         desc=desc,
+        bonus=bonus,
     )
     return [candidates[b].id for b in best.tolist()]
 
@@ -86,6 +88,7 @@ def candidate_scores(
     desc: str = "predict",
     share_prefix: bool = True,
     search_batches: int = 1,
+    bonus: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`predict`'s search, returning the best candidate's index (N,) and every candidate's score (N, C), -inf
     where the search pruned it (`exhaustive=True`: every label scored in full). `share_prefix`: encode the tokens
@@ -93,7 +96,8 @@ def candidate_scores(
     are encoded `batch_size` at a time (sorted by length: little padding), and that many such batches are searched
     together (one forward call per search round for all of them; `model.score_candidates`' forward_batch). 4 was
     about 6 % faster per CPU second on FCRE with a trained adapter in bf16 but changed 1 prediction of 200 (bf16
-    rounding of differently shaped products; docs/results.md), so the default stays 1: today's predictions."""
+    rounding of differently shaped products; docs/results.md), so the default stays 1: today's predictions.
+    `bonus` (C,): added to every candidate's score (calibration: `content_free_bonus`); exact search, sum scores."""
     best = torch.zeros(len(instances), dtype=torch.long)
     scores = torch.empty((len(instances), len(candidates)))
     if not instances:
@@ -118,8 +122,38 @@ def candidate_scores(
                 first_token=search == "first_token",
                 prefix=prefix,
                 forward_batch=batch_size,
+                bonus=bonus,
             )
     return best, scores
+
+
+# Inputs with no content (Zhao et al. 2021, "Calibrate before use"): the model's answer distribution on them is its
+# prior over the candidate names, whatever the sentence says.
+CONTENT_FREE = ("N/A", "[MASK]", "...")
+
+
+@torch.no_grad()
+def content_free_bonus(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    candidates: Sequence[Relation],
+    *,
+    max_length: int = 256,
+    list_candidates: bool = False,
+) -> torch.Tensor:
+    """(C,) the score bonus of content-free calibration: -log of the candidates' mean probability (normalised over
+    the candidates) on prompts whose sentence, head and tail are content-free strings. Added to the summed
+    log-probabilities, it divides each candidate's probability by the model's prior for it, so a relation the model
+    favours on any input (the task trained last, the one with the most training sentences) loses that favour.
+    Shifted so the smallest is 0 (a constant changes no prediction)."""
+    xs = [RelationInstance(f"content-free/{i}", (w,), (0, 1), (0, 1), "") for i, w in enumerate(CONTENT_FREE)]
+    _, scores = candidate_scores(
+        model, tok, xs, candidates, list_candidates=list_candidates, max_length=max_length, exhaustive=True,
+        desc="calibrate",
+    )  # fmt: skip
+    prior = torch.softmax(scores.double(), dim=1).mean(0)  # (C,)
+    bonus = -prior.log()
+    return (bonus - bonus.min()).float()
 
 
 def shared_prefix(prompts: Sequence[list[int]]) -> list[int]:

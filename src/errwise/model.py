@@ -692,6 +692,7 @@ def score_candidates(
     widths: tuple[int, ...] = (4, 4, 16),
     prefix: Prefix | None = None,
     forward_batch: int | None = None,
+    bonus: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predict, for each prompt, the best candidate label; exact w.r.t. full scoring of every candidate.
 
@@ -718,10 +719,15 @@ def score_candidates(
     them all together, their caches left-padded to the longest (padding is masked): the prompts' forward is padded
     as a small batch's, while each search round costs one call for all of them, not one per small batch (a call
     reads every weight once whatever its rows). None: one forward for all.
+    `bonus` (C,), >= 0, `sum` scoring, exact search only: added to each candidate's score (calibration,
+    `evaluate.content_free_bonus`); a node's bound is then its prefix's score plus the largest bonus below it, so the
+    search stays exact for the shifted scores.
     Returns (pred, scores): pred (B,) candidate index; scores (B, C) with -inf where pruned.
     Ties go to the lower candidate index on every path.
     """
     device = next(model.parameters()).device
+    if bonus is not None and (score != "sum" or first_token or bool((bonus < 0).any())):
+        raise ErrwiseError("a score bonus needs sum scoring, the exact search and bonuses >= 0")
     step = forward_batch or len(prompts)
     parts = [_encode_prompts(model, prompts[i : i + step], pad_id, prefix) for i in range(0, len(prompts), step)]
     cache, mask, last = _stack_prompts(parts, 0 if prefix is None else prefix.length)
@@ -748,8 +754,16 @@ def score_candidates(
         alone = tied.sum(1) == 1  # (B,) one such label: it wins, no search
         known[:, depth1] = (node_score[:, depth1] >= top) & ~alone[:, None]  # only the tied labels' subtrees
 
+    node_bonus = torch.zeros(N, device=device)  # the largest bonus of a label at or below each node
+    if bonus is not None:
+        bonus = bonus.to(device).float()
+        below = labels.ancestor.to(device)[leaf] | torch.nn.functional.one_hot(leaf, N).bool()  # (C, N)
+        node_bonus = torch.where(below, bonus[:, None], float("-inf")).max(0).values.clamp(min=0)
+
     def label_scores() -> torch.Tensor:  # (B, C), -inf where not scored
         s = node_score[:, leaf] / lengths if score == "mean" else node_score[:, leaf]
+        if bonus is not None:
+            s = s + bonus[None, :]
         return s.masked_fill(~known[:, leaf], float("-inf"))
 
     for rnd in itertools.count():
@@ -758,7 +772,7 @@ def score_candidates(
             priority = torch.zeros((B, N), device=device)
             width = int(todo.sum(1).max())
         else:
-            priority = node_score / max_len if score == "mean" else node_score  # bounds every label below
+            priority = node_score / max_len if score == "mean" else node_score + node_bonus  # bounds every label below
             todo &= priority >= label_scores().max(1).values[:, None]
             width = widths[min(rnd, len(widths) - 1)]
         if not todo.any():

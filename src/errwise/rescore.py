@@ -47,6 +47,7 @@ def rescore_config(
     max_val: int | None,
     data_path: str | None,
     search: str | None = None,
+    calibrate: str | None = None,
 ) -> RunConfig:
     data = dataclasses.replace(
         cfg.data,
@@ -57,7 +58,13 @@ def rescore_config(
     return dataclasses.replace(
         cfg,
         data=data,
-        eval=dataclasses.replace(cfg.eval, split=split, search=search or cfg.eval.search, intermediate_test=None),
+        eval=dataclasses.replace(
+            cfg.eval,
+            split=split,
+            search=search or cfg.eval.search,
+            calibrate=calibrate or cfg.eval.calibrate,
+            intermediate_test=None,
+        ),
     )
 
 
@@ -70,11 +77,12 @@ def rescore(
     max_val: int | None = None,
     data_path: str | None = None,
     search: str | None = None,
+    calibrate: str | None = None,
 ) -> Path:
     """Score every completed task's checkpoint of `run_dir` on the seen relations' `split` instances (the first
     `max_test` / `max_val` per relation; None = all) and write a run folder to `out_dir`; returns it.
     `search` (eval.search, default: the run's) scores with another prediction search, e.g. to measure
-    `first_token` against the exact search on trained checkpoints."""
+    `first_token` against the exact search on trained checkpoints; `calibrate` (eval.calibrate) likewise."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     lines = completed_tasks(run_dir)
     if not lines:
@@ -87,7 +95,9 @@ def rescore(
             f"{run_dir} ran method {old.method.name}, whose prompts carry hints from its state during the run; "
             "rescore supports methods without inference-time hints (replay, finetune, joint, errwise)"
         )
-    cfg = rescore_config(old, split=split, max_test=max_test, max_val=max_val, data_path=data_path, search=search)
+    cfg = rescore_config(
+        old, split=split, max_test=max_test, max_val=max_val, data_path=data_path, search=search, calibrate=calibrate
+    )
     cfg = dataclasses.replace(cfg, output_dir=str(out_dir))
     missing = [i for i in range(len(lines)) if not (run_dir / "checkpoints" / f"task_{i:02d}").is_dir()]
     if missing:

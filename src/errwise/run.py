@@ -28,7 +28,7 @@ from errwise.data.formats import load_corpus, load_fcre
 from errwise.data.stream import build_stream, fcre_stream, subsample
 from errwise.data.types import RelationInstance, TaskStream
 from errwise.errors import ErrwiseError
-from errwise.evaluate import embed, predict
+from errwise.evaluate import content_free_bonus, embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path, save_checkpoint
@@ -111,8 +111,14 @@ def load_run_model(cfg: RunConfig, device: torch.device, adapter: Path | None = 
 
 
 def predict_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=None, desc="predict") -> list[str]:
-    """Class-incremental prediction with the run's evaluation settings."""
+    """Class-incremental prediction with the run's evaluation settings (`eval.calibrate`: the content-free bonus,
+    computed with the model as it is now)."""
     e = cfg.eval
+    bonus = None
+    if e.calibrate == "content_free":
+        bonus = content_free_bonus(
+            model, tok, candidates, max_length=cfg.train.max_length, list_candidates=e.list_candidates
+        )
     return predict(
         model,
         tok,
@@ -125,6 +131,7 @@ def predict_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=Non
         max_length=cfg.train.max_length,
         hints=hints,
         desc=desc,
+        bonus=bonus,
     )
 
 
