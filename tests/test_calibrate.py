@@ -6,8 +6,8 @@ import dataclasses
 
 import torch
 
-from errwise.data.types import Relation, RelationInstance
-from errwise.evaluate import CONTENT_FREE, candidate_scores, content_free_bonus
+from errwise.data.types import Relation
+from errwise.evaluate import candidate_scores, content_free_bonus, content_free_instances
 from errwise.model import build_labels, load_tokenizer
 from errwise.rescore import rescore
 from errwise.run import eval_instances, load_run_model, make_stream, resume_config, run
@@ -30,15 +30,14 @@ def test_the_bonus_is_minus_the_log_prior_and_the_favoured_relation_gets_none(ti
     assert bonus.shape == (3,) and bonus[1] == 0 and (bonus[[0, 2]] > 1).all()
     # The same number by hand: mean probability over the content-free prompts, -log, shifted to a minimum of 0.
     unbiased = content_free_bonus(model, tok, RELATIONS)
-    xs = [RelationInstance(f"cf/{i}", (w,), (0, 1), (0, 1), "") for i, w in enumerate(CONTENT_FREE)]
-    _, scores = candidate_scores(model, tok, xs, RELATIONS, exhaustive=True)
+    _, scores = candidate_scores(model, tok, content_free_instances(), RELATIONS, exhaustive=True)
     want = -torch.softmax(scores.double(), 1).mean(0).log()
     assert torch.allclose(unbiased, (want - want.min()).float(), atol=1e-5)
 
 
 def test_a_run_rescored_calibrated_is_the_calibrated_prediction(tiny_model_dir, tmp_path):
-    """rescore --calibrate content_free: each checkpoint's predictions are the argmax of score + bonus; the plain
-    rescore of the same checkpoints reproduces the run."""
+    """rescore --calibrate content_free: the last checkpoint's predictions are the argmax of its exhaustive scores
+    plus the content-free bonus, and the rescored folder's config says calibrate while the run's does not."""
     cfg = tiny_config(tiny_model_dir, tmp_path / "replay-0")
     out = run(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_test=2)))
     cal = rescore(out, tmp_path / "cal", max_test=2, calibrate="content_free")

@@ -442,6 +442,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"eval.batch_size must be > 0, got {self.batch_size}")
+        _check(self.score in ("sum", "mean"), f"eval.score must be sum or mean, got {self.score!r}")
+        _check(self.split in ("test", "val"), f"eval.split must be test or val, got {self.split!r}")
+        n = self.intermediate_test
+        _check(n is None or n > 0, f"eval.intermediate_test must be > 0 (or null for all), got {n}")
+        _check(
+            self.search in ("exact", "first_token"), f"eval.search must be exact or first_token, got {self.search!r}"
+        )
         _check(
             self.calibrate in ("none", "content_free"),
             f"eval.calibrate must be none or content_free, got {self.calibrate!r}",
@@ -449,13 +456,6 @@ class EvalConfig:
         _check(
             self.calibrate == "none" or (self.score == "sum" and self.search == "exact"),
             "eval.calibrate content_free needs eval.score sum and eval.search exact",
-        )
-        _check(self.score in ("sum", "mean"), f"eval.score must be sum or mean, got {self.score!r}")
-        _check(self.split in ("test", "val"), f"eval.split must be test or val, got {self.split!r}")
-        n = self.intermediate_test
-        _check(n is None or n > 0, f"eval.intermediate_test must be > 0 (or null for all), got {n}")
-        _check(
-            self.search in ("exact", "first_token"), f"eval.search must be exact or first_token, got {self.search!r}"
         )
 
 

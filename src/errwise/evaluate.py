@@ -132,6 +132,11 @@ def candidate_scores(
 CONTENT_FREE = ("N/A", "[MASK]", "...")
 
 
+def content_free_instances() -> list[RelationInstance]:
+    """One instance per content-free string, the string being the whole sentence, the head and the tail."""
+    return [RelationInstance(f"content-free/{i}", (w,), (0, 1), (0, 1), "") for i, w in enumerate(CONTENT_FREE)]
+
+
 @torch.no_grad()
 def content_free_bonus(
     model: PreTrainedModel,
@@ -146,10 +151,9 @@ def content_free_bonus(
     log-probabilities, it divides each candidate's probability by the model's prior for it, so a relation the model
     favours on any input (the task trained last, the one with the most training sentences) loses that favour.
     Shifted so the smallest is 0 (a constant changes no prediction)."""
-    xs = [RelationInstance(f"content-free/{i}", (w,), (0, 1), (0, 1), "") for i, w in enumerate(CONTENT_FREE)]
     _, scores = candidate_scores(
-        model, tok, xs, candidates, list_candidates=list_candidates, max_length=max_length, exhaustive=True,
-        desc="calibrate",
+        model, tok, content_free_instances(), candidates,
+        list_candidates=list_candidates, max_length=max_length, exhaustive=True, desc="calibrate",
     )  # fmt: skip
     prior = torch.softmax(scores.double(), dim=1).mean(0)  # (C,)
     bonus = -prior.log()
