@@ -10,8 +10,14 @@
 # a jobs file: each skips what another is running, and a lane that finishes early takes the next unclaimed line.
 # Jobs asking for bf16 on a CPU without native bf16 (no AVX512-BF16 or AMX: emulated, a 0.5B step took 350 s against
 # seconds) are refused before anything starts; ERRWISE_QUEUE_SLOW_BF16=1 runs them anyway.
+# START_BEFORE=23:00 (anything `date -d` reads): a line whose turn comes after that time is not started (a session that
+# ends soon does not begin a run it cannot finish; the runs already going finish and are kept).
 set -u
 jobs=$1; out=$2; workers=${3:-2}; kept=${4:-}
+start_before=
+if [ -n "${START_BEFORE:-}" ]; then
+  start_before=$(date -d "$START_BEFORE" +%s) || { echo "queue.sh: START_BEFORE=$START_BEFORE is not a time date(1) reads" >&2; exit 2; }
+fi
 if [ "${ERRWISE_QUEUE_SLOW_BF16:-0}" != 1 ] && grep -v '^\s*#' "$jobs" | grep -q -- '--model.dtype bfloat16' \
   && ! python -c 'import sys; from errwise.model import cpu_has_native_bf16; sys.exit(cpu_has_native_bf16() is False)'
 then
@@ -24,6 +30,9 @@ run_one() {
   local dir="$out/$name"
   [ -f "$dir/summary.json" ] && return
   [ -n "$kept" ] && [ -f "$kept/$name/summary.json" ] && return
+  if [ -n "$start_before" ] && [ "$(date +%s)" -ge "$start_before" ]; then
+    echo "$(date +%T) $name: not started (START_BEFORE $(date -d "@$start_before" +%T) has passed)"; return
+  fi
   exec 9>"$dir.lock"
   flock -n 9 || return
   [ -f "$dir/summary.json" ] && return
@@ -36,5 +45,5 @@ run_one() {
   # a finished run's record goes into the repository at once (benchmarks/keep_runs.py), checkpoints left in OUT_DIR
   if [ -n "$kept" ] && [ -f "$dir/summary.json" ]; then python benchmarks/keep_runs.py "$dir" --dest "$kept"; fi
 }
-export -f run_one; export out kept
+export -f run_one; export out kept start_before
 grep -v '^\s*\(#\|$\)' "$jobs" | xargs -P "$workers" -L 1 bash -c 'run_one "$@"' _
