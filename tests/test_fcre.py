@@ -404,6 +404,53 @@ def test_start_from_copies_the_shared_first_task_and_ends_as_a_full_run(tiny_mod
     assert len((started / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+REPDEFER = ["--train.consolidate", "0.25", "--train.defer_memory", "true"]
+
+
+@pytest.mark.parametrize(
+    "target", [["finetune"], ["joint"], ["replay", *REPDEFER]], ids=["finetune", "joint", "repdefer"]
+)
+def test_start_from_another_method_copies_only_the_first_task_which_is_the_same(tiny_model_dir, tmp_path, target):
+    """finetune, joint and replay on errwise's schedule (no round after task 1) started from a replay run of another
+    order equal the same run from scratch: their first task is replay's computation; tasks 2-3 are their own."""
+    steps = ["--train.max_steps", "4"]  # 4 steps: the schedule's round takes one of them from task 2 on
+    source = _tiny_fcre(tiny_model_dir, tmp_path / "replay0", 0, "replay", *steps)
+    method, *extra = target
+    full = _tiny_fcre(tiny_model_dir, tmp_path / "full", 1, method, *steps, *extra)
+    started = _tiny_fcre(tiny_model_dir, tmp_path / "started", 1, method, *steps, *extra, "--start_from", str(source))
+    drop = ("seconds", "phase_seconds", "copied_from")
+    lines = lambda run: [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [line.get("copied_from") for line in lines(started)] == [str(source), None, None]
+    assert [{k: v for k, v in x.items() if k not in drop} for x in lines(started)] == [
+        {k: v for k, v in x.items() if k not in drop} for x in lines(full)
+    ]
+    for sub in ("predictions", "memory"):
+        assert _files(started, sub) == _files(full, sub)
+    assert _files(started / "checkpoints", "task_02") == _files(full / "checkpoints", "task_02")
+    # the claim itself, from scratch: the method's first task is replay's, bit for bit, and its later ones are not
+    replay1 = _tiny_fcre(tiny_model_dir, tmp_path / "replay1", 1, "replay", *steps)
+    assert _files(full / "checkpoints", "task_00") == _files(replay1 / "checkpoints", "task_00")
+    assert _files(full / "checkpoints", "task_01") != _files(replay1 / "checkpoints", "task_01")
+
+
+def test_start_from_another_method_refuses_errwise_and_a_round_after_task_1(tiny_model_dir, tmp_path, capsys):
+    source = _tiny_fcre(tiny_model_dir, tmp_path / "replay0", 0, "replay")
+    first_round = ["--train.consolidate", "0.5", "--train.consolidate_first", "true"]
+    rounded = _tiny_fcre(tiny_model_dir, tmp_path / "rounded0", 0, "replay", *first_round)
+    capsys.readouterr()
+    cases = [
+        ("errwise", [], source, "was run with method.name = 'replay', this run has 'errwise'"),
+        ("finetune", [], rounded, "was run with method.name = 'replay', this run has 'finetune'"),
+        ("replay", first_round, source, "was run with train.consolidate = 0.0, this run has 0.5"),
+    ]
+    for i, (method, extra, src, message) in enumerate(cases):
+        out = tmp_path / f"refused{i}"
+        assert main([*_tiny_fcre_args(tiny_model_dir, out, 1, method), *extra, "--start_from", str(src)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not (out / "metrics.jsonl").exists()
+
+
 def test_start_from_refuses_another_config_method_or_first_task_and_an_empty_run(tiny_model_dir, tmp_path, capsys):
     source = _tiny_fcre(tiny_model_dir, tmp_path / "order0", 0)
     capsys.readouterr()

@@ -475,7 +475,9 @@ class RunConfig:
         "A finished or partial run folder of the same config but for data.order: the first tasks the two streams "
         "share (FCRE: task 1, the same cluster for every seed) are copied from it, checkpoint, memory, predictions "
         "and metrics, instead of trained again. Training is seeded per task, so they are what this run would "
-        "compute with the same code; the copied metrics lines say `copied_from`.",
+        "compute with the same code; the copied metrics lines say `copied_from`. Between finetune, replay and "
+        "joint without a round after task 1, the method and its schedule may differ too, and task 1 alone is "
+        "copied (docs/data.md).",
     )
     report_to: str = _f(
         "none",

@@ -242,6 +242,17 @@ START_FROM_METHODS = ("finetune", "replay", "joint", "errwise")
 """Methods whose state after a task is the run folder's per-task files alone (checkpoint, memory, predictions,
 error cases): a task of theirs can be copied into another run. The lessons bank and the instructor's data are
 written across tasks, and are not copied."""
+FIRST_TASK_ALIKE = ("finetune", "replay", "joint")
+"""Methods whose first task is one computation: no memory yet, so each trains on the task's own examples, then
+selects the same memory with the same model. One's first task may be copied into another's run when neither has a
+consolidation round after it (tests/test_fcre.py compares such copies with runs from scratch)."""
+FIRST_TASK_FREE = ("method.name", "train.consolidate", "train.consolidate_first", "train.defer_memory")
+"""What may differ between two such runs: without a round after task 1, the round's share of the steps and the
+deferred memory (empty at task 1) act from task 2 on."""
+
+
+def _first_task_alike(cfg: RunConfig) -> bool:
+    return cfg.method.name in FIRST_TASK_ALIKE and (cfg.train.consolidate == 0 or not cfg.train.consolidate_first)
 
 
 def shared_start(cfg: RunConfig, stream: TaskStream) -> tuple[Path, list[dict]]:
@@ -259,15 +270,20 @@ def shared_start(cfg: RunConfig, stream: TaskStream) -> tuple[Path, list[dict]]:
         raise ErrwiseError(f"start_from {src} holds no completed task (no metrics.jsonl lines): nothing to copy")
     src_cfg = resume_config(src)
     mine, theirs = _shared_config(cfg), _shared_config(src_cfg)
+    first_only = mine != theirs and _first_task_alike(cfg) and _first_task_alike(src_cfg)
+    if first_only:  # another of finetune, replay, joint: only the first task is the same computation
+        mine, theirs = ({k: v for k, v in d.items() if k not in FIRST_TASK_FREE} for d in (mine, theirs))
     if mine != theirs:
         key = next(k for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k))
         raise ErrwiseError(
             f"start_from {src} was run with {key} = {theirs.get(key)!r}, this run has {mine.get(key)!r}; only "
-            "data.order may differ"
+            "data.order may differ (and the method among finetune, replay, joint without a round after task 1)"
         )
     src_stream = make_stream(src_cfg)
     k = 0
-    while k < min(len(src_done), len(stream.tasks)) and _same_task(src_stream.tasks[k], stream.tasks[k]):
+    while k < min(len(src_done), 1 if first_only else len(stream.tasks)) and _same_task(
+        src_stream.tasks[k], stream.tasks[k]
+    ):
         k += 1
     if k == 0:
         raise ErrwiseError(
