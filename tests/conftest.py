@@ -21,6 +21,10 @@ from pathlib import Path
 
 import pytest
 
+# `--model.dtype auto` takes bf16 on CPUs with native bf16: the suite runs fp32 on every machine alike (the variable
+# reaches the subprocesses too); tests/test_model.py checks the choice itself.
+os.environ["ERRWISE_CPU_BF16"] = "0"
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -289,6 +289,38 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, capsys, native, wa
 
 
 @pytest.mark.parametrize(
+    "env, native, device, expected",
+    [
+        (None, True, "cpu", torch.bfloat16),  # AVX512-BF16 or AMX: bf16
+        (None, False, "cpu", torch.float32),  # AVX2 only: bf16 emulated, fp32
+        (None, None, "cpu", torch.float32),  # not x86 Linux: nothing claimed, fp32
+        ("1", False, "cpu", torch.bfloat16),
+        ("0", True, "cpu", torch.float32),
+        ("0", False, "cuda", torch.bfloat16),  # the CPU switch does not touch a GPU
+        (None, True, "mps", torch.float32),
+    ],
+)
+def test_auto_dtype_takes_bf16_where_the_cpu_has_it(monkeypatch, capsys, env, native, device, expected):
+    import errwise.model as model_module
+
+    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: native)
+    if env is None:
+        monkeypatch.delenv("ERRWISE_CPU_BF16", raising=False)
+    else:
+        monkeypatch.setenv("ERRWISE_CPU_BF16", env)
+    assert model_module.pick_dtype("auto", torch.device(device)) == expected
+    assert capsys.readouterr().err == ""  # auto never takes the slow path, so it never warns
+
+
+def test_auto_dtype_override_that_is_no_switch_is_one_error(monkeypatch):
+    import errwise.model as model_module
+
+    monkeypatch.setenv("ERRWISE_CPU_BF16", "yes")
+    with pytest.raises(ErrwiseError, match="ERRWISE_CPU_BF16='yes': use 1"):
+        model_module.pick_dtype("auto", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
     "text, native",
     [
         ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n", False),  # AMD EPYC seen here: AVX2 only

@@ -134,7 +134,11 @@ class ModelConfig:
         "Linear modules that get LoRA adapters: `all-linear` (every linear layer of every block, the output layer "
         "excluded, whatever the architecture calls them) or names such as q_proj,v_proj.",
     )
-    dtype: str = _f("auto", "`auto` (bf16 on GPU, fp32 on CPU), `float32`, `bfloat16`, `float16`.")
+    dtype: str = _f(
+        "auto",
+        "`auto` (bf16 on GPU and on a CPU with AVX512-BF16 or AMX, else fp32; ERRWISE_CPU_BF16=0/1 overrides the "
+        "CPU check), `float32`, `bfloat16`, `float16`.",
+    )
     device: str = _f("auto", "`auto`, `cpu`, `cuda`, `cuda:1`, `mps`.")
 
     def __post_init__(self) -> None:
