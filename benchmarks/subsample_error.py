@@ -12,18 +12,10 @@ not the model, make it: the model is the last task's for every k). Nothing is ru
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import statistics
 from pathlib import Path
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file() and path.with_suffix(".jsonl.gz").is_file():
-        text = gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
-    else:
-        text = path.read_text()
-    return [json.loads(s) for s in text.splitlines() if s.strip()]
+from errwise.report import read_predictions
 
 
 def acc(rows: list[dict]) -> float:
@@ -33,16 +25,15 @@ def acc(rows: list[dict]) -> float:
 def run_errors(run: Path) -> list[tuple[int, int, float, float]] | None:
     """(k, subsample size, subsample accuracy, full accuracy) for k = 1 .. tasks-1, or None if the run is not a
     finished subsampled one."""
-    files = sorted((run / "predictions").glob("task_*.jsonl*"))
-    if len(files) < 2:
+    tasks = len(list((run / "predictions").glob("task_*.jsonl*")))
+    if tasks < 2:
         return None
-    last = read_jsonl(files[-1].with_suffix("") if files[-1].suffix == ".gz" else files[-1])
-    before = read_jsonl(files[-2].with_suffix("") if files[-2].suffix == ".gz" else files[-2])
-    sub = {r["uid"] for r in before}
-    if len(sub) >= len([r for r in last if r["task"] < len(files) - 1]):
+    last = read_predictions(run, tasks - 1)
+    sub = {r["uid"] for r in read_predictions(run, tasks - 2)}
+    if len(sub) >= len([r for r in last if r["task"] < tasks - 1]):
         return None  # the task before the last was scored in full: no subsample
     out = []
-    for k in range(1, len(files)):
+    for k in range(1, tasks):
         seen = [r for r in last if r["task"] < k]
         picked = [r for r in seen if r["uid"] in sub]
         out.append((k, len(picked), acc(picked), acc(seen)))

@@ -121,7 +121,12 @@ def load_run(path: Path) -> RunResult:
 
 def last_predictions(run: RunResult) -> list[dict]:
     """Predictions on every seen relation after the run's last completed task."""
-    path = run.path / "predictions" / f"task_{run.tasks_done - 1:02d}.jsonl"
+    return read_predictions(run.path, run.tasks_done - 1)
+
+
+def read_predictions(run_dir: Path, task_index: int) -> list[dict]:
+    """The prediction rows written after task `task_index` (0-based), of a run folder or a kept record."""
+    path = Path(run_dir) / "predictions" / f"task_{task_index:02d}.jsonl"
     if not path.is_file() and path.with_suffix(".jsonl.gz").is_file():  # a kept record, compressed
         text = gzip.decompress(path.with_suffix(".jsonl.gz").read_bytes()).decode()
     else:
