@@ -12,6 +12,8 @@
 # seconds) are refused before anything starts; ERRWISE_QUEUE_SLOW_BF16=1 runs them anyway.
 # START_BEFORE=23:00 (anything `date -d` reads): a line whose turn comes after that time is not started (a session that
 # ends soon does not begin a run it cannot finish; the runs already going finish and are kept).
+# A line with --start_from SRC, SRC another line that a lane is running (OUT_DIR/SRC.lock held) and that has not
+# finished its first task, waits for that task (polling every QUEUE_POLL_S seconds, 60) instead of failing.
 set -u
 jobs=$1; out=$2; workers=${3:-2}; kept=${4:-}
 start_before=
@@ -36,6 +38,17 @@ run_one() {
   exec 9>"$dir.lock"
   flock -n 9 || return
   [ -f "$dir/summary.json" ] && return
+  # a line starting from a run another lane is still training waits for that run's first task (or its end)
+  local src= prev=
+  for a in "$@"; do
+    case $a in --start_from=*) src=${a#--start_from=} ;; *) [ "$prev" = --start_from ] && src=$a ;; esac
+    prev=$a
+  done
+  if [ -n "$src" ] && [ ! -f "$dir/config.yaml" ] && [ ! -s "$src/metrics.jsonl" ] && [ -e "$src.lock" ] \
+    && ! flock -n "$src.lock" true; then
+    echo "$(date +%T) $name: waits for $src's first task"
+    while [ ! -s "$src/metrics.jsonl" ] && ! flock -n "$src.lock" true; do sleep "${QUEUE_POLL_S:-60}"; done
+  fi
   if [ -f "$dir/config.yaml" ]; then
     OMP_NUM_THREADS=1 errwise run "$dir" >> "$dir.log" 2>&1
   else

@@ -37,3 +37,49 @@ def test_start_before_that_is_no_time_is_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == "queue.sh: START_BEFORE=half past never is not a time date(1) reads"
     assert not (tmp_path / "out").exists()
+
+
+def _start_from_queue(tmp_path: Path, holder_s: float) -> tuple[subprocess.CompletedProcess, Path]:
+    """A queue whose one line starts from OUT/src; a process holds OUT/src.lock for holder_s seconds (as a lane
+    running src would) and then writes src's first metrics line."""
+    out = tmp_path / "out"
+    (out / "src").mkdir(parents=True)
+    jobs = tmp_path / "b.jobs"
+    jobs.write_text(f"run-b configs/no_such.yaml --start_from {out / 'src'}\n")
+    metrics = out / "src" / "metrics.jsonl"
+    holder = None
+    if holder_s:
+        holder = subprocess.Popen(
+            ["flock", str(out / "src.lock"), "bash", "-c", f"sleep {holder_s}; echo '{{}}' > {metrics}"]
+        )
+        for _ in range(100):  # the lock is taken before the queue looks at it
+            if subprocess.run(["flock", "-n", str(out / "src.lock"), "true"]).returncode:
+                break
+            subprocess.run(["sleep", "0.05"])
+    done = subprocess.run(
+        ["bash", str(QUEUE), str(jobs), str(out), "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "QUEUE_POLL_S": "0.1"},
+        timeout=60,
+    )
+    if holder:
+        holder.wait(timeout=30)
+    return done, metrics
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
+def test_a_line_starting_from_a_running_line_waits_for_its_first_task(tmp_path):
+    done, metrics = _start_from_queue(tmp_path, holder_s=1.5)
+    assert done.returncode == 0, done.stderr
+    assert "run-b: waits for" in done.stdout.splitlines()[0]
+    log = tmp_path / "out" / "run-b.log"
+    assert log.stat().st_mtime_ns >= metrics.stat().st_mtime_ns  # started only once src had its first task
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
+def test_a_line_starting_from_a_run_nobody_runs_does_not_wait(tmp_path):
+    done, metrics = _start_from_queue(tmp_path, holder_s=0)
+    assert done.returncode == 0, done.stderr
+    assert "waits for" not in done.stdout
+    assert (tmp_path / "out" / "run-b.log").exists() and not metrics.exists()
