@@ -354,6 +354,37 @@ def test_errwise_mirror_rank_rehearses_the_confused_relation_against_the_gold(ti
         ErrwiseConfig(mirror_rank=-1)
 
 
+def test_errwise_contrast_with_random_sets_error_cases_against_drawn_relations(tiny_model_dir, tmp_path, monkeypatch):
+    """errwise.contrast_with `random` (the control fed random pairs): the same error cases, each set against a seen
+    relation other than its gold drawn at random instead of the one the model answered; `answer` (the default) sets
+    it against the model's answer."""
+    trained = recorded_rounds(monkeypatch)
+    cfg = tiny_config(tiny_model_dir, tmp_path / "random", "errwise", error_fraction=None, contrast_with="random")
+    out = run(cfg)
+    stream = make_stream(cfg)
+    name = {r.id: r.name for r in stream.relations}
+    seen = {name[r] for t in stream.tasks[:2] for r in t.relations}
+    errors = [r for r in read_jsonl(out / "error_cases" / "task_01.jsonl") if not r["correct"]]
+    assert len(errors) >= 5
+    against = {ex.uid: ex.rejected for ex in trained[1] if ex.kind in ("plain-error", "memory-error")}
+    assert set(against) == {r["uid"] for r in errors}
+    for r in errors:
+        assert against[r["uid"]] in seen - {name[r["gold"]]}
+    assert any(against[r["uid"]] != name[r["pred"]] for r in errors)  # not the model's answers
+    for ex in (ex for ex in trained[1] if ex.kind in ("error", "contrastive")):  # confronting and contrastive alike
+        assert f'"{against[ex.uid]}"' in ex.prompt
+
+    trained.clear()
+    answer = run(
+        dataclasses.replace(cfg, output_dir=str(tmp_path / "answer"), errwise=ErrwiseConfig(error_fraction=None))
+    )
+    errors = [r for r in read_jsonl(answer / "error_cases" / "task_01.jsonl") if not r["correct"]]
+    against = {ex.uid: ex.rejected for ex in trained[1] if ex.kind in ("plain-error", "memory-error")}
+    assert against == {r["uid"]: name[r["pred"]] for r in errors}
+    with pytest.raises(ErrwiseError, match="contrast_with"):
+        ErrwiseConfig(contrast_with="other")
+
+
 @pytest.mark.parametrize("mode", ["errors", "all", "random"])
 def test_errwise_anchors_train_relation_descriptions_in_the_tested_format(tiny_model_dir, tmp_path, monkeypatch, mode):
     """errwise.anchors: the description of a relation as a pseudo-instance in the plain instruction, answered with

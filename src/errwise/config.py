@@ -309,6 +309,13 @@ class ErrwiseConfig:
         "answered r', both); `all`: every seen relation's memory in every round (the control without error cases); "
         "`random`: as many relations as `errors` would bring, drawn at random; `off`.",
     )
+    contrast_with: str = _f(
+        "answer",
+        "The relation each error case (gold r) is set against in its error-focused examples (confronting, "
+        "contrastive, ranking, anchors): `answer`, r', the relation the model answered; `random`, a seen relation "
+        "other than r drawn at random for each case (the control fed random pairs: the same error cases and "
+        "examples, the model's confusion left out).",
+    )
     distill_top_k: int = _f(5, "Old relations' labels per instance in the distillation (the previous model's best).")
     distill_temperature: float = _f(2.0, "Softmax temperature of the distillation, previous and current model alike.")
 
@@ -332,6 +339,10 @@ class ErrwiseConfig:
         _check(
             self.entity_swap in ("off", "errors", "all", "random"),
             f"errwise.entity_swap must be off, errors, all or random, got {self.entity_swap!r}",
+        )
+        _check(
+            self.contrast_with in ("answer", "random"),
+            f"errwise.contrast_with must be answer or random, got {self.contrast_with!r}",
         )
         _check(
             self.error_scope in ("all", "learned"),
