@@ -166,9 +166,9 @@ class Errwise:
         confusions: list[tuple[str, str]] = []  # (gold, answered) of every error case, for the anchors
         for x, source, pred in cases:
             wrong_case = pred != x.relation and (c.error_scope == "all" or x.relation in learned)
-            if wrong_case and c.contrast_with == "random":
-                pred = _random_partner(ctx, x, pred)
             if wrong_case:
+                if c.contrast_with == "random":
+                    pred = _random_partner(ctx, x)
                 confusions.append((x.relation, pred))
             if source == "probe":  # never trained on: its error stands for the relation's replayed instances
                 if wrong_case:
@@ -315,13 +315,11 @@ def _chosen_relations(mode: str, ctx: TaskContext, confusions: list[tuple[str, s
     return []
 
 
-def _random_partner(ctx: TaskContext, x: RelationInstance, answered: str) -> str:
+def _random_partner(ctx: TaskContext, x: RelationInstance) -> str:
     """The control of errwise.contrast_with `random`: a seen relation other than x's gold in place of the one the
-    model answered, drawn by a generator of its own (seeded by the run, the task and the instance), so the round's
-    other draws are those it would make anyway."""
+    model answered (one exists: answers are among the seen relations), drawn by a generator of its own (seeded by
+    the run, the task and the instance), so the round's other draws are those it would make anyway."""
     others = sorted(r.id for r in ctx.seen if r.id != x.relation)
-    if not others:
-        return answered
     return random.Random(f"{ctx.cfg.train.seed}:{ctx.task.index}:{x.uid}").choice(others)
 
 
