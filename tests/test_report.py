@@ -100,6 +100,23 @@ def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
     ]
 
 
+def test_baseline_by_the_run_folders_name_stem(tmp_path):
+    """Two groups of one method (replay and replay on another schedule): `--baseline repdefer` names the one whose
+    folders are repdefer-<k>, and `--baseline replay` the one whose folders are replay-<k>."""
+    r0 = fake_run(tmp_path, "replay-0", "replay", 0, REPLAY_0, wall=1)
+    r1 = fake_run(tmp_path, "replay-1", "replay", 1, REPLAY_1, wall=1)
+    d0 = fake_run(tmp_path, "repdefer-0", "replay", 0, REPLAY_0, wall=1, epochs=3.0)
+    d1 = fake_run(tmp_path, "repdefer-1", "replay", 1, REPLAY_1, wall=1, epochs=3.0)
+    by_stem = compare_table([r0, r1, d0, d1], baseline="repdefer")
+    assert table_rows(by_stem, "replay (train.epochs=3.0)")[0][-4:-2] == ["(baseline)", ""]
+    assert table_rows(by_stem, "replay (train.epochs=2.0)")[0][-4] == "+0.0±0.0"
+    by_method = compare_table([r0, r1, d0, d1], baseline="replay")  # the method names both; the stem picks one
+    assert table_rows(by_method, "replay (train.epochs=2.0)")[0][-4:-2] == ["(baseline)", ""]
+    mixed = fake_run(tmp_path, "repdefer-2", "replay", 0, REPLAY_0, wall=1)  # a repdefer folder in the other group
+    with pytest.raises(ErrwiseError, match="baseline 'repdefer' matches no group"):
+        compare_table([r0, r1, d0, d1, mixed], baseline="repdefer")
+
+
 def test_load_run_reads_the_contract(runs):
     done, partial = load_run(runs[0]), load_run(runs[3])
     assert done.complete and done.status == "complete" and done.wall_seconds == 120

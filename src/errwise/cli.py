@@ -321,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     cp = sub.add_parser("compare", help="methods side by side: mean +- std over orders, paired test")
     cp.add_argument("runs", nargs="+")
     cp.add_argument(
-        "--baseline", help="the group the others are compared with: a label as printed, or a method [replay, if any]"
+        "--baseline",
+        help="the group the others are compared with: a label as printed, a method, or the run folders' name without "
+        "its -<order> (repdefer for repdefer-0, repdefer-1, ...) [replay, if any]",
     )
     cp.add_argument("--plot", metavar="FILE", help="also write the seen accuracy per task, methods side by side (PNG)")
     for p in (rp, cp):

@@ -15,6 +15,7 @@ import gzip
 import json
 import math
 import os
+import re
 import shlex
 from collections import Counter
 from collections.abc import Sequence
@@ -347,13 +348,33 @@ def _final_by_order(runs: Sequence[RunResult]) -> dict[int, float]:
     return {o: sum(v) / len(v) for o, v in by_order.items()}
 
 
+def _folder_stem(path: Path) -> str:
+    """A run folder's name without its trailing `-<number>` (repdefer-3 -> repdefer): how a queue names the runs
+    of one row, one per order."""
+    return re.sub(r"-\d+$", "", path.name)
+
+
 def _baseline_label(groups: dict[str, list[RunResult]], baseline: str) -> str | None:
+    """The group `baseline` names: its label as printed; else the method of exactly one group; else the folder
+    name stem (`repdefer` for repdefer-0, repdefer-1, ...) that every run of exactly one group has and no run
+    of another group has."""
     if baseline in groups:
         return baseline
     named = [label for label, runs in groups.items() if runs[0].label == baseline]
     if len(named) > 1:
+        stemmed = _stem_group(groups, baseline)
+        if stemmed is not None:
+            return stemmed
         raise ErrwiseError(f"baseline {baseline!r} matches groups {named}; pick one: --baseline '{named[0]}'")
-    return named[0] if named else None
+    return named[0] if named else _stem_group(groups, baseline)
+
+
+def _stem_group(groups: dict[str, list[RunResult]], stem: str) -> str | None:
+    owners = {label for label, runs in groups.items() for r in runs if _folder_stem(r.path) == stem}
+    if len(owners) != 1:
+        return None
+    (label,) = owners
+    return label if all(_folder_stem(r.path) == stem for r in groups[label]) else None
 
 
 def _compare(groups: dict[str, list[RunResult]], stats: dict[str, GroupStats], baseline: str) -> str:
