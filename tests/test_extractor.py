@@ -381,3 +381,70 @@ def test_learn_takes_the_served_answers_as_the_initial_responses(run_dir, new_da
         ext.learn(rows, predicted=[None] * 5 + ["nope"])
     with pytest.raises(ErrwiseError, match="2 answers for 6 records"):
         ext.learn(rows, predicted=[gold, gold])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "RUN", "IN", "--batch-size", "-1"], "--batch-size must be >= 1"),
+        (["predict", "RUN", "IN", "--device", "bogus"], "'bogus' is not a device torch knows"),
+        (["serve", "RUN", "--port", "99999"], "--port must be in 0..65535"),
+    ],
+)
+def test_bad_options_are_one_line_errors(run_dir, tmp_path, capsys, argv, message):
+    src = write_jsonl(tmp_path / "in.jsonl", SENTENCES[:1])
+    argv = [str(run_dir) if a == "RUN" else str(src) if a == "IN" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of cuda where there is none")
+def test_a_cuda_device_without_a_gpu_is_a_one_line_error(run_dir, tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", SENTENCES[:1])
+    assert main(["predict", str(run_dir), str(src), "--device", "cuda"]) == 2
+    assert "no CUDA GPU is available here" in capsys.readouterr().err
+
+
+def test_learn_and_export_load_the_source_with_the_device_and_dtype_asked(run_dir, new_data, tmp_path, monkeypatch):
+    """`learn --model.dtype/--model.device` and `export --device` reach the loading of the source, not only the
+    config written afterwards; and a source loaded in another dtype runs and later trains in it."""
+    ext = Extractor.load(run_dir, dtype="bfloat16")
+    assert ext.cfg.model.dtype == "bfloat16" and next(ext.model.parameters()).dtype == torch.bfloat16
+    asked = []
+
+    def fake_load(path, **kw):
+        asked.append(kw)
+        raise ErrwiseError("stop here")
+
+    monkeypatch.setattr(Extractor, "load", fake_load)
+    out = ["--output_dir", str(tmp_path / "new")]
+    assert main(["learn", str(run_dir), str(new_data), *out, "--model.dtype", "float32", "--model.device", "cpu"]) == 2
+    assert main(["export", str(run_dir), str(tmp_path / "exp"), "--device", "cpu"]) == 2
+    assert asked == [{"device": "cpu", "dtype": "float32"}, {"device": "cpu"}]
+
+
+def test_predict_applies_the_sources_content_free_calibration(run_dir):
+    """With `eval.calibrate content_free`, predict ranks as the run's evaluation does (`predict_with`), and its
+    probabilities are the calibrated ones (they differ from the plain scores')."""
+    import dataclasses
+
+    from errwise.run import predict_with
+
+    ext = Extractor.load(run_dir)
+    plain = ext.predict(SENTENCES, top_k=len(ext.relations))
+    ext.cfg = dataclasses.replace(ext.cfg, eval=dataclasses.replace(ext.cfg.eval, calibrate="content_free"))
+    calibrated = ext.predict(SENTENCES, top_k=len(ext.relations))
+    xs = as_instances(SENTENCES, labelled=False)
+    assert [r["relation"] for r in calibrated] == predict_with(ext.cfg, ext.model, ext.tok, xs, ext.relations)
+    assert [dict(r["top"]) for r in calibrated] != [dict(r["top"]) for r in plain]
+
+
+def test_an_interrupted_export_or_predict_says_stopped_not_resume(run_dir, tmp_path, monkeypatch, capsys):
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Extractor, "load", interrupted)
+    assert main(["export", str(run_dir), str(tmp_path / "exp")]) == 130
+    err = capsys.readouterr().err
+    assert "stopped" in err and "errwise run" not in err

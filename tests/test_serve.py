@@ -256,7 +256,8 @@ def test_learn_refusals(client, run_dir, relations, tmp_path):
     service = open_service(export, tmp_path / "export-state")
     c = TestClient(create_app(service, TOKEN))
     assert c.post("/predict", json={"records": [ADA]}).status_code == 200
-    c.post("/corrections", json=correction(0, relations[1], relations[0]), headers=AUTH)
+    refused = c.post("/corrections", json=correction(0, relations[1], relations[0]), headers=AUTH)
+    assert "export folder" in one_line_error(refused, 409)  # a correction it could never learn is not taken
     assert "export folder" in one_line_error(c.post("/learn", headers=AUTH), 409)
 
 
@@ -273,6 +274,31 @@ def test_a_failed_job_leaves_the_version_served(client, relations, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ the folder
+
+
+def test_a_failed_append_leaves_no_torn_line_and_a_bad_line_is_named(run_dir, tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk) is cut back, so the next correction is a whole line of its own;
+    a line damaged by hand is a one-line error naming the log and the line, not a traceback."""
+    import errwise.serve.store as store_module
+
+    store = Store(tmp_path / "state", run_dir)
+    row = {"predicted": "x", "record": {"text": "a b", "head": "a", "tail": "b", "relation": "x"}}
+    assert store.append_correction(row)["id"] == "c1"
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        store.append_correction(row)
+    monkeypatch.setattr(store_module.os, "fsync", real_fsync)
+    assert store.append_correction(row)["id"] == "c2"
+    assert [c["id"] for c in store.corrections()] == ["c1", "c2"]
+    with open(store.log, "ab") as f:
+        f.write(b'{"id": "c3", "rec\n')
+    with pytest.raises(ErrwiseError, match=r"corrections.jsonl, line 3: not a JSON correction"):
+        store.corrections()
 
 
 def test_the_serving_folder_recovers_from_a_crash(run_dir, tmp_path):

@@ -183,6 +183,7 @@ def _extractor_parsers(sub: argparse._SubParsersAction) -> None:
     ep.add_argument("source", help="run folder, extractor folder or export folder")
     ep.add_argument("out", help="the export folder (must not exist)")
     ep.add_argument("--merge", action="store_true", help="merge the LoRA adapter into full weights")
+    ep.add_argument("--device", help="auto, cpu, cuda, ... (where the merge runs) [the source's model.device]")
     sp = sub.add_parser(
         "serve",
         help="an HTTP API and a review page: predict, collect corrections, learn from them (docs/serve.md)",
@@ -219,6 +220,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ErrwiseError(f"--top-k must be >= 1, got {args.top_k}")
     if args.min_score is not None and not 0 <= args.min_score <= 1:
         raise ErrwiseError(f"--min-score is a probability in [0, 1], got {args.min_score}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ErrwiseError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out and not Path(args.out).resolve().parent.is_dir():
         raise ErrwiseError(f"{args.out}: no such folder {Path(args.out).resolve().parent}; create it first")
     check_source(Path(args.source))
@@ -247,7 +250,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     overrides = {k: parse_value(k, v) for k, v in vars(args).items() if "." in k and v is not None}
     _quiet_loading()
     try:
-        ext = Extractor.load(args.source)
+        ext = Extractor.load(args.source, device=overrides.get("model.device"), dtype=overrides.get("model.dtype"))
         new = ext.learn(
             data, relations=names, method=args.method, test_fraction=args.test_fraction, overrides=overrides,
             source=args.data,
@@ -277,13 +280,16 @@ def learn_summary(h: dict) -> list[str]:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from errwise.config import parse_value
-    from errwise.serve import serve
 
     if args.max_records < 1:
         raise ErrwiseError(f"--max-records must be >= 1, got {args.max_records}")
+    if not 0 <= args.port <= 65535:
+        raise ErrwiseError(f"--port must be in 0..65535, got {args.port}")
     if not 0 <= args.test_fraction < 1:
         raise ErrwiseError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
     overrides = {k: parse_value(k, v) for k, v in vars(args).items() if "." in k and v is not None}
+    from errwise.serve import serve
+
     _quiet_loading()
     serve(
         args.source, host=args.host, port=args.port, token=args.token, state=args.state, device=args.device,
@@ -299,7 +305,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise ErrwiseError(f"{out} exists; pass a new folder")
     check_source(Path(args.source))
     _quiet_loading()
-    Extractor.load(args.source).export(out, merge=args.merge)
+    Extractor.load(args.source, device=args.device).export(out, merge=args.merge)
     print(f"wrote {out}")
 
 
@@ -374,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {os_error(e)}{resume}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: completed tasks are saved; rerun `errwise run RUN_DIR` to resume", file=sys.stderr)
+        if args.command == "run":
+            print("interrupted: completed tasks are saved; rerun `errwise run RUN_DIR` to resume", file=sys.stderr)
+        else:
+            print("stopped", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

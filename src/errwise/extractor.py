@@ -127,9 +127,11 @@ def score_all(
     list_candidates: bool = False,
     max_length: int = 256,
     desc: str = "predict",
+    bonus: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Every candidate's exact label score for every instance, (N, C): evaluation's prompts and length-sorted
-    batches, each label scored in full (no pruning), so its argmax is evaluation's exact prediction."""
+    batches, each label scored in full (no pruning), so its argmax is evaluation's exact prediction. `bonus` (C,):
+    the content-free calibration's, added to every candidate's score as evaluation adds it."""
     _, scores = candidate_scores(
         model,
         tok,
@@ -141,6 +143,7 @@ def score_all(
         max_length=max_length,
         exhaustive=True,
         desc=desc,
+        bonus=bonus,
     )
     return scores
 
@@ -204,38 +207,42 @@ class Extractor:
     """A run folder source: its memory and test data are read from the run's dataset when learning needs them."""
     records_dir: Path | None = None
     """What the method recorded during the last learn (errwise: error_cases/); copied into the saved folder."""
+    _bonus: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
+    """`eval.calibrate content_free`: the calibration bonus of this model over `relations`, computed once."""
 
     # ---- loading
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | None = None) -> Extractor:
-        """A run folder (its last completed task), an extractor folder or an export folder."""
+    def load(cls, path: str | Path, *, device: str | None = None, dtype: str | None = None) -> Extractor:
+        """A run folder (its last completed task), an extractor folder or an export folder. `device`, `dtype`:
+        where and in what precision the model runs (and a later `learn` trains) [the source's model settings]."""
         path = Path(path)
         kind = check_source(path)
-        ext = {"extractor": cls._load_extractor, "export": cls._load_export, "run": cls._load_run}[kind](path, device)
+        loader = {"extractor": cls._load_extractor, "export": cls._load_export, "run": cls._load_run}[kind]
+        ext = loader(path, _Runtime(device, dtype))
         ext.loaded_from = str(path.resolve())
         return ext
 
     @classmethod
-    def _load_run(cls, path: Path, device: str | None) -> Extractor:
+    def _load_run(cls, path: Path, runtime: _Runtime) -> Extractor:
         from errwise.run import completed_tasks
 
         done = completed_tasks(path)
         if not done:
             raise ErrwiseError(f"{path}: the run has no completed task yet; let `errwise run {path}` finish one first")
-        cfg = load_saved_config(path / "config.yaml")
+        cfg = runtime.apply(load_saved_config(path / "config.yaml"))
         names = read_relations(path / "relations.json")
         tasks = [list(row["relations"]) for row in done]
         k = len(done) - 1
-        model, tok = _load_model(cfg, device, path / "checkpoints" / f"task_{k:02d}")
+        model, tok = _load_model(cfg, path / "checkpoints" / f"task_{k:02d}")
         relations = tuple(names[r] for t in tasks for r in t)
         origin = f"{path.resolve()} T{k + 1}"
         return cls(cfg, relations, tasks, None, None, [], model, tok, origin, run_dir=path)
 
     @classmethod
-    def _load_extractor(cls, path: Path, device: str | None) -> Extractor:
+    def _load_extractor(cls, path: Path, runtime: _Runtime) -> Extractor:
         meta = json.loads((path / EXTRACTOR_FILE).read_text())
-        cfg = load_saved_config(path / "config.yaml")
+        cfg = runtime.apply(load_saved_config(path / "config.yaml"))
         relations = tuple(Relation(r["id"], r["name"], r.get("description", "")) for r in meta["relations"])
         memory: dict[str, list[RelationInstance]] = {}
         for x in read_records(path / "memory.jsonl", labelled=True) if meta.get("memory_size") else []:
@@ -243,21 +250,21 @@ class Extractor:
         test = read_records(path / "test.jsonl", labelled=True) if meta.get("test_size") else []
         history_file = path / "history.jsonl"
         history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()]
-        model, tok = _load_model(cfg, device, path / "adapter")
+        model, tok = _load_model(cfg, path / "adapter")
         return cls(
             cfg, relations, meta["tasks"], memory, test, history, model, tok, meta.get("origin", str(path.resolve()))
         )
 
     @classmethod
-    def _load_export(cls, path: Path, device: str | None) -> Extractor:
+    def _load_export(cls, path: Path, runtime: _Runtime) -> Extractor:
         meta = json.loads((path / EXPORT_FILE).read_text())
-        cfg = from_dict(meta["config"], source=str(path / EXPORT_FILE))
+        cfg = runtime.apply(from_dict(meta["config"], source=str(path / EXPORT_FILE)))
         relations = tuple(Relation(r["id"], r["name"], r.get("description", "")) for r in meta["relations"])
         if meta["merged"]:  # full weights in the folder itself
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(path), lora=False))
-            model, tok = _load_model(cfg, device, None)
+            model, tok = _load_model(cfg, None)
         else:
-            model, tok = _load_model(cfg, device, path)
+            model, tok = _load_model(cfg, path)
         return cls(cfg, relations, meta["tasks"], None, None, [], model, tok, meta.get("origin", str(path.resolve())))
 
     # ---- predicting
@@ -272,8 +279,17 @@ class Extractor:
     ) -> list[dict]:
         """One answer per record, in order: `{"relation", "name", "score", "top": [[id, probability], ...]}`;
         `relation` and `name` are None when the best probability is below `min_score`."""
+        if batch_size is not None and batch_size < 1:
+            raise ErrwiseError(f"batch_size must be >= 1, got {batch_size}")
         xs = as_instances(records, labelled=False)
         e = self.cfg.eval
+        if e.calibrate == "content_free" and self._bonus is None:  # as evaluation scores (run.predict_with)
+            from errwise.evaluate import content_free_bonus
+
+            self._bonus = content_free_bonus(
+                self.model, self.tok, self.relations, max_length=self.cfg.train.max_length,
+                list_candidates=e.list_candidates,
+            )  # fmt: skip
         scores = score_all(
             self.model,
             self.tok,
@@ -283,6 +299,7 @@ class Extractor:
             score=e.score,
             list_candidates=e.list_candidates,
             max_length=self.cfg.train.max_length,
+            bonus=self._bonus if e.calibrate == "content_free" else None,
         )
         return answers(scores, self.relations, top_k, min_score)
 
@@ -535,7 +552,7 @@ def write_text(path: Path, text: str) -> None:
 def _publish(tmp: Path, path: Path) -> None:
     """The finished temporary folder, synced, becomes `path` in one rename (mkdtemp made it private: open it as
     usual)."""
-    from errwise.rundir import sync_tree
+    from errwise.rundir import fsync_dir, sync_tree
 
     for folder in sorted({p.parent for p in tmp.rglob("*") if p.is_file()}, key=lambda p: -len(p.parts)):
         sync_tree(folder)
@@ -543,6 +560,7 @@ def _publish(tmp: Path, path: Path) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     os.rename(tmp, path)
+    fsync_dir(path.parent)  # the rename itself is durable
 
 
 def source_relations(path: Path) -> tuple[Relation, ...]:
@@ -596,10 +614,22 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def _load_model(cfg: RunConfig, device: str | None, adapter: Path | None):
+@dataclasses.dataclass(frozen=True)
+class _Runtime:
+    """Where and in what precision a loaded source runs, over its saved model settings (None: keep them)."""
+
+    device: str | None = None
+    dtype: str | None = None
+
+    def apply(self, cfg: RunConfig) -> RunConfig:
+        changes = {k: v for k, v in (("device", self.device), ("dtype", self.dtype)) if v is not None}
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes)) if changes else cfg
+
+
+def _load_model(cfg: RunConfig, adapter: Path | None):
     from errwise.run import load_run_model
 
-    return load_run_model(cfg, pick_device(device or cfg.model.device), adapter), load_tokenizer(cfg.model.name)
+    return load_run_model(cfg, pick_device(cfg.model.device), adapter), load_tokenizer(cfg.model.name)
 
 
 def held_out_split(

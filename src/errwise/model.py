@@ -41,8 +41,18 @@ def cache_dir() -> Path:
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """`auto`: the GPU where there is one, else the CPU; a named device must exist here (one-line error if not)."""
     if device != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            known = "auto, cpu, cuda, cuda:1, mps, ..."
+            raise ErrwiseError(f"device {device!r} is not a device torch knows ({known})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ErrwiseError(f"device {device!r}: no CUDA GPU is available here (torch {torch.__version__}); use cpu")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ErrwiseError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

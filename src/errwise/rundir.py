@@ -80,10 +80,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as e:  # name the file: a full disk's error has no path of its own
         raise OSError(e.errno, e.strerror, str(path)) from None
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -112,8 +112,8 @@ def sync_tree(folder: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder)
+    fsync_dir(folder.parent)
 
 
 _LOCKS: dict[Path, Any] = {}  # run folder -> its open, locked `.lock` file, held until `run` returns

@@ -97,6 +97,8 @@ class Service:
         """One correction: a record in errwise's JSONL form whose `relation` is the right answer, and `predicted`,
         what the model answered (a relation of the served version). Appended to the log, durably."""
         version, ext = self.serving
+        if ext.memory is None and ext.run_dir is None:  # as learn refuses: a correction here could never be learned
+            raise ServeError(409, "an export folder only predicts; serve the run or extractor folder it came from")
         record = {k: v for k, v in body.items() if k != "predicted"}
         where = "POST /corrections"
         (x,) = parse_records([("the record", record, "correction")], where, labelled=True)

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from errwise.errors import ErrwiseError
-from errwise.rundir import atomic_write, sync_tree
+from errwise.rundir import atomic_write, fsync_dir, sync_tree
 
 SOURCE_VERSION = "v0"
 
@@ -125,6 +125,7 @@ class Store:
             sync_tree(tmp)
             os.chmod(tmp, 0o755)
             os.rename(tmp, self.versions / name)
+            fsync_dir(self.versions)  # the rename is durable before `current` can name it
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -135,26 +136,35 @@ class Store:
     def append_correction(self, row: dict) -> dict:
         """`row` with an id and a time, appended to the log and on disk (write, flush, fsync) when this returns."""
         with self._lock:
-            self._count += 1
-            row = {"id": f"c{self._count}", "time": now(), **row}
+            row = {"id": f"c{self._count + 1}", "time": now(), **row}
             new = not self.log.exists()
             with open(self.log, "ab") as f:
-                f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
-                f.flush()
-                os.fsync(f.fileno())
-            if new:
-                fd = os.open(self.root, os.O_RDONLY)
+                start = f.tell()
                 try:
-                    os.fsync(fd)  # the new file's name is durable too
-                finally:
-                    os.close(fd)
+                    f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+                    f.flush()
+                    os.fsync(f.fileno())
+                except BaseException:  # a full disk: no torn line stays for the next correction to glue onto
+                    f.truncate(start)
+                    raise
+            if new:
+                fsync_dir(self.root)  # the new file's name is durable too
+            self._count += 1
         return row
 
     def corrections(self) -> list[dict]:
         if not self.log.exists():
             return []
         lines = self.log.read_bytes().split(b"\n")
-        return [json.loads(line) for line in lines[:-1] if line.strip()]  # after the last newline: a torn line
+        rows = []
+        for i, line in enumerate(lines[:-1], 1):  # after the last newline: a torn line, never acknowledged
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    msg = f"{self.log}, line {i}: not a JSON correction; mend or remove that line"
+                    raise ErrwiseError(msg) from None
+        return rows
 
     def pending(self, version: str) -> list[dict]:
         """The corrections version `version` has not learned, in the order they came."""
