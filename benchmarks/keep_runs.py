@@ -30,12 +30,16 @@ def keep(run: Path, dest: Path) -> Path | None:
         print(f"skipped {run}: not finished (no summary.json)", file=sys.stderr)
         return None
     out = dest / run.name
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(run, out, ignore=shutil.ignore_patterns(*SKIP))
-    for big in (p for p in (out / "predictions").glob("*.jsonl") if p.stat().st_size > GZIP_OVER):
+    tmp = dest / f".{run.name}.keeping"  # whole before it gets the record's name: an interrupted keep is redone
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(run, tmp, ignore=shutil.ignore_patterns(*SKIP))
+    for big in (p for p in (tmp / "predictions").glob("*.jsonl") if p.stat().st_size > GZIP_OVER):
         big.with_suffix(".jsonl.gz").write_bytes(gzip.compress(big.read_bytes(), mtime=0))
         big.unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"{run} -> {out} ({size / 1e6:.2f} MB)")
     return out

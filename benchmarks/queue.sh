@@ -4,7 +4,8 @@
 # JOBS_FILE: one run a line, `NAME ARGS...` (ARGS as for `errwise run`, without --output_dir); `#` comments.
 # OUT_DIR/NAME holding summary.json is skipped; one holding config.yaml is resumed (`errwise run OUT_DIR/NAME`);
 # KEPT_DIR/NAME holding summary.json (a record kept by benchmarks/keep_runs.py in an earlier session) is skipped too,
-# and a run that finishes is kept there at once (its checkpoints stay in OUT_DIR, for --start_from);
+# and a run that finishes is kept there at once (its checkpoints stay in OUT_DIR, for --start_from); a finished run
+# in OUT_DIR whose record is not in KEPT_DIR (a lane stopped between the two) is kept when a queue comes to its line;
 # the log goes to OUT_DIR/NAME.log. Lines are taken in order (on 2 cores, two 1-thread runs beat one 2-thread run).
 # A run is claimed with flock on OUT_DIR/NAME.lock while it runs, so several queues (one worker each, say) may share
 # a jobs file: each skips what another is running, and a lane that finishes early takes the next unclaimed line.
@@ -13,7 +14,8 @@
 # START_BEFORE=23:00 (anything `date -d` reads): a line whose turn comes after that time is not started (a session that
 # ends soon does not begin a run it cannot finish; the runs already going finish and are kept).
 # A line with --start_from SRC, SRC another line that a lane is running (OUT_DIR/SRC.lock held) and that has not
-# finished its first task, waits for that task (polling every QUEUE_POLL_S seconds, 60) instead of failing.
+# finished its first task, waits for that task (polling every QUEUE_POLL_S seconds, 60) instead of failing, and then
+# starts only if START_BEFORE has not passed meanwhile.
 set -u
 jobs=$1; out=$2; workers=${3:-2}; kept=${4:-}
 start_before=
@@ -27,17 +29,25 @@ then
   exit 2
 fi
 mkdir -p "$out"
+# a finished run whose record is not kept yet (a lane stopped between the two) is kept now
+keep_if_done() {
+  [ -f "$1/summary.json" ] || return 1
+  if [ -n "$kept" ] && [ ! -f "$kept/$(basename "$1")/summary.json" ]; then python benchmarks/keep_runs.py "$1" --dest "$kept"; fi
+  return 0
+}
+too_late() {
+  [ -n "$start_before" ] && [ "$(date +%s)" -ge "$start_before" ] || return 1
+  echo "$(date +%T) $1: not started (START_BEFORE $(date -d "@$start_before" +%T) has passed)"
+}
 run_one() {
   local name=$1; shift
   local dir="$out/$name"
-  [ -f "$dir/summary.json" ] && return
   [ -n "$kept" ] && [ -f "$kept/$name/summary.json" ] && return
-  if [ -n "$start_before" ] && [ "$(date +%s)" -ge "$start_before" ]; then
-    echo "$(date +%T) $name: not started (START_BEFORE $(date -d "@$start_before" +%T) has passed)"; return
-  fi
+  [ -f "$dir/summary.json" ] && [ -z "$kept" ] && return
+  if [ ! -f "$dir/summary.json" ] && too_late "$name"; then return 0; fi
   exec 9>"$dir.lock"
-  flock -n 9 || return
-  [ -f "$dir/summary.json" ] && return
+  flock -n 9 || return 0
+  keep_if_done "$dir" && return
   # a line starting from a run another lane is still training waits for that run's first task (or its end)
   local src= prev=
   for a in "$@"; do
@@ -48,6 +58,7 @@ run_one() {
     && ! flock -n "$src.lock" true; then
     echo "$(date +%T) $name: waits for $src's first task"
     while [ ! -s "$src/metrics.jsonl" ] && ! flock -n "$src.lock" true; do sleep "${QUEUE_POLL_S:-60}"; done
+    if too_late "$name"; then return 0; fi  # the wait may have been hours
   fi
   if [ -f "$dir/config.yaml" ]; then
     OMP_NUM_THREADS=1 errwise run "$dir" >> "$dir.log" 2>&1
@@ -58,5 +69,5 @@ run_one() {
   # a finished run's record goes into the repository at once (benchmarks/keep_runs.py), checkpoints left in OUT_DIR
   if [ -n "$kept" ] && [ -f "$dir/summary.json" ]; then python benchmarks/keep_runs.py "$dir" --dest "$kept"; fi
 }
-export -f run_one; export out kept start_before
+export -f run_one keep_if_done too_late; export out kept start_before
 grep -v '^\s*\(#\|$\)' "$jobs" | xargs -P "$workers" -L 1 bash -c 'run_one "$@"' _

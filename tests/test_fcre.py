@@ -404,6 +404,26 @@ def test_start_from_copies_the_shared_first_task_and_ends_as_a_full_run(tiny_mod
     assert len((started / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_a_run_stopped_right_after_its_copied_task_can_be_reported(tiny_model_dir, tmp_path, monkeypatch):
+    """Stopped after --start_from copied task 1 and before its own task 2: the folder is a readable (incomplete)
+    run, with the copied task's accuracy row, and `errwise run` resumes it to the end."""
+    import errwise.run as run_module
+    from errwise.report import load_run
+
+    source = _tiny_fcre(tiny_model_dir, tmp_path / "order0", 0)
+
+    def stop(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "load_run_model", stop)
+    args = [*_tiny_fcre_args(tiny_model_dir, tmp_path / "started", 1), "--start_from", str(source)]
+    assert main(args) == 130
+    started = load_run(tmp_path / "started")
+    assert started.status == "incomplete (1/3 tasks)" and started.matrix == load_run(source).matrix[:1]
+    monkeypatch.undo()
+    assert main(["run", str(tmp_path / "started")]) == 0 and load_run(tmp_path / "started").complete
+
+
 REPDEFER = ["--train.consolidate", "0.25", "--train.defer_memory", "true"]
 
 

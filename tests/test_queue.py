@@ -11,15 +11,16 @@ QUEUE = Path(__file__).resolve().parents[1] / "benchmarks" / "queue.sh"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def _queue(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def _queue(tmp_path: Path, *kept: str, **env: str) -> subprocess.CompletedProcess:
     jobs = tmp_path / "a.jobs"
     jobs.write_text("# a comment\nrun-a configs/cpu_mini.yaml --data.order 0\n\nrun-b configs/cpu_mini.yaml\n")
     return subprocess.run(
-        ["bash", str(QUEUE), str(jobs), str(tmp_path / "out"), "1"],
+        ["bash", str(QUEUE), str(jobs), str(tmp_path / "out"), "1", *kept],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
         timeout=60,
+        cwd=QUEUE.parents[1],
     )
 
 
@@ -39,7 +40,20 @@ def test_start_before_that_is_no_time_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _start_from_queue(tmp_path: Path, holder_s: float) -> tuple[subprocess.CompletedProcess, Path]:
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
+def test_a_finished_run_whose_record_was_not_kept_is_kept(tmp_path):
+    """A lane stopped between a run's end and its keeping: the next queue keeps it, late or not, and starts nothing."""
+    run = tmp_path / "out" / "run-a"
+    run.mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        (run / name).write_text("{}\n")
+    done = _queue(tmp_path, str(tmp_path / "kept"), START_BEFORE="1 hour ago")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "kept" / "run-a" / "summary.json").is_file()
+    assert "run-b: not started" in done.stdout and not (tmp_path / "kept" / "run-b").exists()
+
+
+def _start_from_queue(tmp_path: Path, holder_s: float, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
     """A queue whose one line starts from OUT/src; a process holds OUT/src.lock for holder_s seconds (as a lane
     running src would) and then writes src's first metrics line."""
     out = tmp_path / "out"
@@ -60,7 +74,7 @@ def _start_from_queue(tmp_path: Path, holder_s: float) -> tuple[subprocess.Compl
         ["bash", str(QUEUE), str(jobs), str(out), "1"],
         capture_output=True,
         text=True,
-        env={**os.environ, "QUEUE_POLL_S": "0.1"},
+        env={**os.environ, "QUEUE_POLL_S": "0.1", **env},
         timeout=60,
     )
     if holder:
@@ -83,3 +97,15 @@ def test_a_line_starting_from_a_run_nobody_runs_does_not_wait(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "waits for" not in done.stdout
     assert (tmp_path / "out" / "run-b.log").exists() and not metrics.exists()
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
+def test_start_before_is_checked_again_after_the_wait(tmp_path):
+    """A line that waited for its source past START_BEFORE does not start then."""
+    import time
+
+    done, metrics = _start_from_queue(tmp_path, holder_s=2.5, START_BEFORE=f"@{int(time.time()) + 1}")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert "run-b: waits for" in out[0] and "run-b: not started (START_BEFORE" in out[1]
+    assert metrics.exists() and not (tmp_path / "out" / "run-b.log").exists()

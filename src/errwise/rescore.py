@@ -118,8 +118,8 @@ def rescore(
     save_yaml(cfg, out_dir / "config.yaml")
     shutil.copy(run_dir / "relations.json", out_dir / "relations.json")
     for sub in ("memory", "error_cases"):  # what the run trained with: the report's error-case table reads it
-        if (run_dir / sub).is_dir() and not (out_dir / sub).exists():
-            shutil.copytree(run_dir / sub, out_dir / sub)
+        if (run_dir / sub).is_dir():  # each time: a run rescored while it went on has more tasks' files now
+            shutil.copytree(run_dir / sub, out_dir / sub, dirs_exist_ok=True)
 
     task_of = {r: t.index for t in stream.tasks for r in t.relations}
     device = pick_device(cfg.model.device)

@@ -169,7 +169,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         prepare_run_dir(cfg, run_dir, stream, done)
     if shared:
         if main:
-            copy_shared_tasks(src, shared, run_dir)
+            copy_shared_tasks(src, shared, run_dir, stream)
         distributed.barrier()
         done = completed_tasks(run_dir)
         check_resumable(run_dir, done, stream, cfg.model.lora)
@@ -304,10 +304,10 @@ def _same_task(a, b) -> bool:
     return a.relations == b.relations and uids(a) == uids(b)
 
 
-def copy_shared_tasks(src: Path, lines: list[dict], run_dir: Path) -> None:
+def copy_shared_tasks(src: Path, lines: list[dict], run_dir: Path, stream: TaskStream) -> None:
     """The first len(lines) tasks of `src` copied into `run_dir`: their checkpoint, memory, predictions, error
-    cases, environment lines, and their metrics `lines` last (each marked `copied_from`), so an interrupted copy is
-    redone."""
+    cases, environment lines, the accuracy matrix of those tasks (a report reads it before the run's own next task
+    rewrites it), and their metrics `lines` last (each marked `copied_from`), so an interrupted copy is redone."""
     k = len(lines)
     for j in range(k):
         name = f"task_{j:02d}"
@@ -321,6 +321,8 @@ def copy_shared_tasks(src: Path, lines: list[dict], run_dir: Path) -> None:
         row = json.loads(line)
         if row.get("from_task", 0) < k:
             append_line(run_dir / "environment.jsonl", {**row, "copied_from": str(src), "copied_tasks": k})
+    tasks = [list(t.relations) for t in stream.tasks]
+    _write_json(run_dir / "accuracy_matrix.json", {"tasks": tasks, "matrix": [line["accuracy_row"] for line in lines]})
     for line in lines:
         append_line(run_dir / "metrics.jsonl", {**line, "copied_from": str(src)})
     print(f"copied T1-T{k} from {src}")
