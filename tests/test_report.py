@@ -117,6 +117,26 @@ def test_baseline_by_the_run_folders_name_stem(tmp_path):
         compare_table([r0, r1, d0, d1, mixed], baseline="repdefer")
 
 
+def test_rows_named_by_their_run_folders_with_a_legend(tmp_path):
+    """--names folders: a group whose runs share a folder name stem of their own is named by it (the legend says
+    what it stands for); a group of mixed stems keeps its config label."""
+    runs = [
+        fake_run(tmp_path, "replay-0", "replay", 0, REPLAY_0, wall=1),
+        fake_run(tmp_path, "replay-1", "replay", 1, REPLAY_1, wall=1),
+        fake_run(tmp_path, "repdefer-0", "replay", 0, REPLAY_0, wall=1, epochs=3.0),
+        fake_run(tmp_path, "repdefer-1", "replay", 1, REPLAY_1, wall=1, epochs=3.0),
+        fake_run(tmp_path, "a", "finetune", 0, FINETUNE_0, wall=1),
+        fake_run(tmp_path, "b", "finetune", 1, FINETUNE_0, wall=1),
+    ]
+    text = compare_table(runs, baseline="repdefer", names="folders")
+    assert table_rows(text, "repdefer")[0][-4] == "(baseline)" and table_rows(text, "replay")[0][-4] == "+0.0±0.0"
+    assert table_rows(text, "finetune")  # stems a and b: the method's label stays
+    assert "- replay: replay (train.epochs=2.0)\n- repdefer: replay (train.epochs=3.0)" in text
+    assert "| replay (train.epochs" not in text
+    with pytest.raises(ErrwiseError, match="names must be config or folders"):
+        compare_table(runs, names="stems")
+
+
 def test_load_run_reads_the_contract(runs):
     done, partial = load_run(runs[0]), load_run(runs[3])
     assert done.complete and done.status == "complete" and done.wall_seconds == 120

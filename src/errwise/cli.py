@@ -90,7 +90,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from errwise.report import compare_table
 
-    print(compare_table([Path(r) for r in args.runs], baseline=args.baseline, ignore=args.ignore, plot=args.plot))
+    runs = [Path(r) for r in args.runs]
+    print(compare_table(runs, baseline=args.baseline, ignore=args.ignore, plot=args.plot, names=args.names))
     if args.plot:
         print(f"wrote {args.plot}")
 
@@ -332,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         "its -<order> (repdefer for repdefer-0, repdefer-1, ...) [replay, if any]",
     )
     cp.add_argument("--plot", metavar="FILE", help="also write the seen accuracy per task, methods side by side (PNG)")
+    cp.add_argument(
+        "--names",
+        choices=("config", "folders"),
+        default="config",
+        help="label rows by method and differing config keys, or by the run folders' name without -<order> "
+        "(repdefer for repdefer-0, ...) with a legend [config]",
+    )
     for p in (rp, cp):
         p.add_argument(
             "--ignore",

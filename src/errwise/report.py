@@ -538,15 +538,45 @@ def environment_note(groups: dict[str, list[RunResult]]) -> str:
     )
 
 
+def name_by_folders(groups: dict[str, list[RunResult]]) -> tuple[dict[str, list[RunResult]], list[str]]:
+    """Groups relabelled by their run folders' name stem (repdefer for repdefer-0, repdefer-1, ...) where every run
+    of a group has one stem that no other group's runs have; the others keep their label. Also the legend: one
+    line per renamed group, `stem: label`."""
+    stems = {label: {_folder_stem(r.path) for r in runs} for label, runs in groups.items()}
+    out: dict[str, list[RunResult]] = {}
+    legend = []
+    for label, runs in groups.items():
+        (stem,) = stems[label] if len(stems[label]) == 1 else ("",)
+        taken = any(stem in other or stem == name for name, other in stems.items() if name != label)
+        if not stem or taken or stem in out:
+            out[label] = runs
+            continue
+        out[stem] = runs
+        if stem != label:
+            legend.append(f"{stem}: {label}")
+    return out, legend
+
+
 def compare_table(
-    run_dirs: Sequence[Path], baseline: str | None = None, ignore: Sequence[str] = (), plot: Path | None = None
+    run_dirs: Sequence[Path],
+    baseline: str | None = None,
+    ignore: Sequence[str] = (),
+    plot: Path | None = None,
+    names: str = "config",
 ) -> str:
     """Markdown: methods as rows, T1..Tn and final accuracy (mean±std over orders), and the final-accuracy
     difference to `baseline` with a paired t-test over task orders; then error-case counts where recorded.
     `baseline`: a group's label or method name; None: replay where there is one, else no differences. A baseline
     named but matching no group is an error that lists the groups. `ignore`: config keys that do not split groups
-    (see group_runs). `plot`: also draw the seen accuracy after each task, the groups side by side, to this PNG file."""
+    (see group_runs). `plot`: also draw the seen accuracy after each task, the groups side by side, to this PNG file.
+    `names`: "config" labels a group by its method and the config keys that tell it from the method's other groups;
+    "folders" by its run folders' name stem where it has one of its own (name_by_folders), with a legend."""
+    if names not in ("config", "folders"):
+        raise ErrwiseError(f"names must be config or folders, got {names!r}")
     groups = group_runs(_load_all(run_dirs), ignore)
+    legend: list[str] = []
+    if names == "folders":
+        groups, legend = name_by_folders(groups)
     if baseline is not None and _baseline_label(groups, baseline) is None:
         names = "; ".join(f"'{label}'" for label in groups)
         raise ErrwiseError(f"baseline {baseline!r} matches no group; the groups are: {names}")
@@ -557,7 +587,8 @@ def compare_table(
         plot_seen_accuracy(stats, Path(plot))
     table = _compare(groups, stats, baseline)
     runs = [r for g in groups.values() for r in g]
-    extra = [subsample_note(runs), error_case_table(groups), confused_pairs_table(groups, stats, baseline)]
+    extra = ["Rows named by their run folders:\n\n" + "\n".join(f"- {line}" for line in legend)] if legend else []
+    extra += [subsample_note(runs), error_case_table(groups), confused_pairs_table(groups, stats, baseline)]
     extra += [helper_cost_table(groups), environment_note(groups)]
     extra = [t for t in extra if t]
     return "\n\n".join([table, *extra])
