@@ -2,7 +2,8 @@
 # Run a list of errwise runs WORKERS at a time, one thread each, resumably.
 # Usage: benchmarks/queue.sh JOBS_FILE OUT_DIR [WORKERS] [KEPT_DIR]
 # JOBS_FILE: one run a line, `NAME ARGS...` (ARGS as for `errwise run`, without --output_dir); `#` comments.
-# OUT_DIR/NAME holding summary.json is skipped; one holding config.yaml is resumed (`errwise run OUT_DIR/NAME`);
+# OUT_DIR/NAME holding summary.json is skipped; one holding config.yaml is resumed (the line's ARGS with --output_dir
+# OUT_DIR/NAME: errwise resumes when they give the saved config, and says so in NAME.log when the line was changed);
 # KEPT_DIR/NAME holding summary.json (a record kept by benchmarks/keep_runs.py in an earlier session) is skipped too,
 # and a run that finishes is kept there at once (its checkpoints stay in OUT_DIR, for --start_from); a finished run
 # in OUT_DIR whose record is not in KEPT_DIR (a lane stopped between the two) is kept when a queue comes to its line;
@@ -60,8 +61,8 @@ run_one() {
     while [ ! -s "$src/metrics.jsonl" ] && ! flock -n "$src.lock" true; do sleep "${QUEUE_POLL_S:-60}"; done
     if too_late "$name"; then return 0; fi  # the wait may have been hours
   fi
-  if [ -f "$dir/config.yaml" ]; then
-    OMP_NUM_THREADS=1 errwise run "$dir" >> "$dir.log" 2>&1
+  if [ -f "$dir/config.yaml" ]; then  # resumed with the line as it is now: errwise refuses a config other than the saved one
+    OMP_NUM_THREADS=1 errwise run "$@" --output_dir "$dir" >> "$dir.log" 2>&1
   else
     OMP_NUM_THREADS=1 errwise run "$@" --output_dir "$dir" > "$dir.log" 2>&1
   fi
