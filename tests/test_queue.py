@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,9 @@ def test_a_finished_run_whose_record_was_not_kept_is_kept(tmp_path):
     assert "run-b: not started" in done.stdout and not (tmp_path / "kept" / "run-b").exists()
 
 
-def _start_from_queue(tmp_path: Path, holder_s: float, **env: str) -> tuple[subprocess.CompletedProcess, Path]:
+def _start_from_queue(
+    tmp_path: Path, holder_s: float, start_before_in: float | None = None
+) -> tuple[subprocess.CompletedProcess, Path]:
     """A queue whose one line starts from OUT/src; a process holds OUT/src.lock for holder_s seconds (as a lane
     running src would) and then writes src's first metrics line."""
     out = tmp_path / "out"
@@ -70,11 +73,12 @@ def _start_from_queue(tmp_path: Path, holder_s: float, **env: str) -> tuple[subp
             if subprocess.run(["flock", "-n", str(out / "src.lock"), "true"]).returncode:
                 break
             subprocess.run(["sleep", "0.05"])
+    when = {} if start_before_in is None else {"START_BEFORE": f"@{int(time.time() + start_before_in)}"}
     done = subprocess.run(
         ["bash", str(QUEUE), str(jobs), str(out), "1"],
         capture_output=True,
         text=True,
-        env={**os.environ, "QUEUE_POLL_S": "0.1", **env},
+        env={**os.environ, "QUEUE_POLL_S": "0.1", **when},
         timeout=60,
     )
     if holder:
@@ -102,9 +106,7 @@ def test_a_line_starting_from_a_run_nobody_runs_does_not_wait(tmp_path):
 @pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
 def test_start_before_is_checked_again_after_the_wait(tmp_path):
     """A line that waited for its source past START_BEFORE does not start then."""
-    import time
-
-    done, metrics = _start_from_queue(tmp_path, holder_s=2.5, START_BEFORE=f"@{int(time.time()) + 1}")
+    done, metrics = _start_from_queue(tmp_path, holder_s=6, start_before_in=3)
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
     assert "run-b: waits for" in out[0] and "run-b: not started (START_BEFORE" in out[1]
