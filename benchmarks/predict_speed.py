@@ -3,6 +3,7 @@ exact search, for a run, extractor or export folder. Prints figures; asserts not
 
     python benchmarks/predict_speed.py runs/demo                 # the source's relations and test sentences
     python benchmarks/predict_speed.py runs/demo --fewrel 80     # the same model among FewRel's first 80 relations
+    python benchmarks/predict_speed.py runs/demo --requests 5 --per-request 4   # a server's small requests
 
 Default: the source's relations, and its held-out test sentences (repeated up to --n). `--fewrel N`: a synthetic
 extractor, the source's model among the first N relation names of FewRel (../shared/data/fewrel, or
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("--fewrel", type=int, help="candidates: FewRel's first N relations, with their sentences")
     ap.add_argument("--fewrel-path", default=str(DEFAULT_FEWREL))
     ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--requests", type=int, help="instead: this many small predict calls, side by side")
+    ap.add_argument("--per-request", type=int, default=4, help="sentences per call of --requests [4]")
     args = ap.parse_args()
     ext = Extractor.load(args.source)
     if args.fewrel:
@@ -46,6 +49,8 @@ def main() -> None:
         xs = (test * (args.n // len(test) + 1))[: args.n]
     e, bs = ext.cfg.eval, args.batch_size or ext.cfg.eval.batch_size
     kw = {"batch_size": bs, "score": e.score, "list_candidates": e.list_candidates, "max_length": 256}
+    if args.requests:
+        return requests(ext, xs, cands, kw, args.requests, args.per_request)
     score_all(ext.model, ext.tok, xs[:bs], cands, **kw)  # warm-up
     t = time.perf_counter()
     full = score_all(ext.model, ext.tok, xs, cands, **kw)
@@ -58,6 +63,27 @@ def main() -> None:
     print(f"errwise predict (every label scored, probabilities): {len(xs) / t_full:.1f} sentences/s")
     print(f"evaluation's pruned exact search (top-1 only):       {len(xs) / t_pruned:.1f} sentences/s")
     print(f"top-1 agreement: {agree}/{len(xs)}")
+
+
+def requests(ext: Extractor, xs, cands, kw, n: int, per: int) -> None:
+    """Seconds per small call: Extractor.predict (its merged copy made once, on the first call) beside scoring the
+    model itself (on CPU, inference_copy merges the adapters in every call, as every request did before)."""
+    calls = [xs[(i * per) % len(xs) :][:per] for i in range(n)]
+    rows = []
+    for name, fn in (
+        ("score_all(model), a merge per call", lambda c: score_all(ext.model, ext.tok, c, cands, **kw)),
+        ("Extractor.predict, merged once", lambda c: ext.predict(c, top_k=len(cands))),
+    ):
+        times = []
+        for c in calls:
+            t = time.perf_counter()
+            fn(c)
+            times.append(time.perf_counter() - t)
+        rows.append((name, times))
+    print(f"{n} calls of {per} sentences, {len(cands)} candidate relations, {torch.get_num_threads()} thread(s)")
+    for name, times in rows:
+        rest = sorted(times[1:]) or times
+        print(f"{name:38s} first {times[0]:.2f} s, then median {rest[len(rest) // 2]:.2f} s a call")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from conftest import tiny_run
 from errwise.cli import main
 from errwise.data.formats import BUILTIN_DIR
 from errwise.errors import ErrwiseError
-from errwise.extractor import Extractor, as_instances, instance_row, score_all
+from errwise.extractor import Extractor, answers, as_instances, instance_row, score_all
 from errwise.prompts import plain_prompt
 from errwise.run import make_stream
 
@@ -448,3 +448,24 @@ def test_an_interrupted_export_or_predict_says_stopped_not_resume(run_dir, tmp_p
     assert main(["export", str(run_dir), str(tmp_path / "exp")]) == 130
     err = capsys.readouterr().err
     assert "stopped" in err and "errwise run" not in err
+
+
+def test_predict_merges_the_adapters_once_and_scores_as_before(run_dir, monkeypatch):
+    """On CPU the LoRA adapters are merged into a copy once per Extractor, not once per call (seconds each on
+    SmolLM2-135M: a server's every request paid it); the scores are those of the per-call path."""
+    import errwise.evaluate as evaluate
+
+    ext = Extractor.load(run_dir)
+    merges = []
+    real = evaluate.merged_copy
+    monkeypatch.setattr(evaluate, "merged_copy", lambda m: merges.append(1) or real(m))
+    first = ext.predict(SENTENCES, top_k=len(ext.relations))
+    again = ext.predict(SENTENCES[:2], top_k=len(ext.relations))
+    assert len(merges) == 1 and ext.inference_model() is not ext.model
+    per_call = score_all(ext.model, ext.tok, as_instances(SENTENCES, labelled=False), ext.relations)
+    assert len(merges) == 2  # score_all on the model itself merges for that call, as evaluation does
+    assert torch.equal(
+        torch.tensor([[p for _, p in r["top"]] for r in first]),
+        torch.tensor([[p for _, p in r["top"]] for r in answers(per_call, ext.relations, len(ext.relations), None)]),
+    )
+    assert again == first[:2]

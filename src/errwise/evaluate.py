@@ -183,16 +183,26 @@ def inference_copy(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
     Training mode is restored on exit."""
     training = model.training
     model.eval()
-    on_cpu = next(model.parameters()).device.type == "cpu"
     try:
-        if on_cpu and _active_unmerged_adapters(model):
-            merged = copy.deepcopy(model).merge_and_unload()
-            yield merged.eval()
+        if merges_for_inference(model):
+            merged = merged_copy(model)
+            yield merged
             del merged
         else:
             yield model
     finally:
         model.train(training)
+
+
+def merges_for_inference(model: PreTrainedModel) -> bool:
+    """Whether inference_copy runs `model` through a merged copy: on CPU, with active unmerged LoRA adapters."""
+    return next(model.parameters()).device.type == "cpu" and _active_unmerged_adapters(model)
+
+
+def merged_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A copy of `model` with its LoRA adapters merged into the weights, in eval mode; `model` is not touched.
+    Predictions through it are inference_copy's (a caller that predicts many times may keep it)."""
+    return copy.deepcopy(model).merge_and_unload().eval()
 
 
 def _active_unmerged_adapters(model: PreTrainedModel) -> bool:

@@ -28,6 +28,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -209,6 +210,20 @@ class Extractor:
     """What the method recorded during the last learn (errwise: error_cases/); copied into the saved folder."""
     _bonus: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
     """`eval.calibrate content_free`: the calibration bonus of this model over `relations`, computed once."""
+    _inference: Any = dataclasses.field(default=None, repr=False, compare=False)
+    """The model predictions run through, made once: on CPU a copy with the LoRA adapters merged (what each
+    evaluation makes for itself: on SmolLM2-135M seconds a call, so a server's every request would pay it)."""
+    _inference_lock: Any = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def inference_model(self):
+        """The model `predict` scores with: `model` itself, or once on CPU its merged copy (the same scores as
+        evaluation's, which merges the same way; twice the weights' memory while this Extractor lives)."""
+        with self._inference_lock:
+            if self._inference is None:
+                from errwise.evaluate import merged_copy, merges_for_inference
+
+                self._inference = merged_copy(self.model) if merges_for_inference(self.model) else self.model
+            return self._inference
 
     # ---- loading
 
@@ -287,11 +302,11 @@ class Extractor:
             from errwise.evaluate import content_free_bonus
 
             self._bonus = content_free_bonus(
-                self.model, self.tok, self.relations, max_length=self.cfg.train.max_length,
+                self.inference_model(), self.tok, self.relations, max_length=self.cfg.train.max_length,
                 list_candidates=e.list_candidates,
             )  # fmt: skip
         scores = score_all(
-            self.model,
+            self.inference_model(),
             self.tok,
             xs,
             self.relations,
@@ -364,7 +379,8 @@ class Extractor:
         task = Task(k, tuple(r.id for r in new), tuple(train_data), (), tuple(held))
         stream = TaskStream("extractor", 0, seen, (*old_tasks, task))
         t0 = time.time()
-        before = self._predict_ids(self.cfg, self.model, test, self.relations, None, "old relations, before")
+        served = self.inference_model()
+        before = self._predict_ids(self.cfg, served, test, self.relations, None, "old relations, before")
         model = copy.deepcopy(self.model)  # this Extractor stays as it was
         records_dir = Path(tempfile.mkdtemp(prefix="errwise-learn-"))  # what the method records; save() copies it
         try:
