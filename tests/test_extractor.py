@@ -409,8 +409,11 @@ def test_a_cuda_device_without_a_gpu_is_a_one_line_error(run_dir, tmp_path, caps
 def test_learn_and_export_load_the_source_with_the_device_and_dtype_asked(run_dir, new_data, tmp_path, monkeypatch):
     """`learn --model.dtype/--model.device` and `export --device` reach the loading of the source, not only the
     config written afterwards; and a source loaded in another dtype runs and later trains in it."""
-    ext = Extractor.load(run_dir, dtype="bfloat16")
-    assert ext.cfg.model.dtype == "bfloat16" and next(ext.model.parameters()).dtype == torch.bfloat16
+    from errwise.config import load_saved_config
+
+    ext = Extractor.load(run_dir, dtype="bfloat16", device="cpu")
+    assert next(ext.model.parameters()).dtype == torch.bfloat16
+    assert ext.cfg == load_saved_config(run_dir / "config.yaml")  # what it saves later is the source's settings
     asked = []
 
     def fake_load(path, **kw):

@@ -245,11 +245,11 @@ class Extractor:
         done = completed_tasks(path)
         if not done:
             raise ErrwiseError(f"{path}: the run has no completed task yet; let `errwise run {path}` finish one first")
-        cfg = runtime.apply(load_saved_config(path / "config.yaml"))
+        cfg = load_saved_config(path / "config.yaml")
         names = read_relations(path / "relations.json")
         tasks = [list(row["relations"]) for row in done]
         k = len(done) - 1
-        model, tok = _load_model(cfg, path / "checkpoints" / f"task_{k:02d}")
+        model, tok = _load_model(runtime.apply(cfg), path / "checkpoints" / f"task_{k:02d}")
         relations = tuple(names[r] for t in tasks for r in t)
         origin = f"{path.resolve()} T{k + 1}"
         return cls(cfg, relations, tasks, None, None, [], model, tok, origin, run_dir=path)
@@ -257,7 +257,7 @@ class Extractor:
     @classmethod
     def _load_extractor(cls, path: Path, runtime: _Runtime) -> Extractor:
         meta = json.loads((path / EXTRACTOR_FILE).read_text())
-        cfg = runtime.apply(load_saved_config(path / "config.yaml"))
+        cfg = load_saved_config(path / "config.yaml")
         relations = tuple(Relation(r["id"], r["name"], r.get("description", "")) for r in meta["relations"])
         memory: dict[str, list[RelationInstance]] = {}
         for x in read_records(path / "memory.jsonl", labelled=True) if meta.get("memory_size") else []:
@@ -265,7 +265,7 @@ class Extractor:
         test = read_records(path / "test.jsonl", labelled=True) if meta.get("test_size") else []
         history_file = path / "history.jsonl"
         history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()]
-        model, tok = _load_model(cfg, path / "adapter")
+        model, tok = _load_model(runtime.apply(cfg), path / "adapter")
         return cls(
             cfg, relations, meta["tasks"], memory, test, history, model, tok, meta.get("origin", str(path.resolve()))
         )
@@ -273,13 +273,13 @@ class Extractor:
     @classmethod
     def _load_export(cls, path: Path, runtime: _Runtime) -> Extractor:
         meta = json.loads((path / EXPORT_FILE).read_text())
-        cfg = runtime.apply(from_dict(meta["config"], source=str(path / EXPORT_FILE)))
+        cfg = from_dict(meta["config"], source=str(path / EXPORT_FILE))
         relations = tuple(Relation(r["id"], r["name"], r.get("description", "")) for r in meta["relations"])
         if meta["merged"]:  # full weights in the folder itself
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(path), lora=False))
-            model, tok = _load_model(cfg, None)
+            model, tok = _load_model(runtime.apply(cfg), None)
         else:
-            model, tok = _load_model(cfg, path)
+            model, tok = _load_model(runtime.apply(cfg), path)
         return cls(cfg, relations, meta["tasks"], None, None, [], model, tok, meta.get("origin", str(path.resolve())))
 
     # ---- predicting
@@ -632,7 +632,9 @@ def _write_lines(path: Path, rows: list[dict]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class _Runtime:
-    """Where and in what precision a loaded source runs, over its saved model settings (None: keep them)."""
+    """Where and in what precision a loaded source runs, over its saved model settings (None: keep them). Only the
+    loading sees them: the Extractor's config stays the source's, so what it saves or exports later does not carry
+    this machine's device (a learn's own --model.device/--model.dtype go into its new config as its options do)."""
 
     device: str | None = None
     dtype: str | None = None
