@@ -385,6 +385,63 @@ def test_errwise_contrast_with_random_sets_error_cases_against_drawn_relations(t
         ErrwiseConfig(contrast_with="other")
 
 
+def test_confusion_record_counts_initial_errors_of_tasks_so_far(tmp_path):
+    """The confusion record (errwise.pair_record) sums both directions of each pair over the initial answers of tasks
+    0..upto; the consolidation rounds' files and later tasks are left out."""
+    from errwise.methods.errwise import confusion_record
+
+    def rows(*triples):
+        return "".join(json.dumps({"uid": u, "gold": g, "pred": p, "correct": g == p}) + "\n" for u, g, p in triples)
+
+    (tmp_path / "task_00.jsonl").write_text(rows(("a", "P1", "P2"), ("b", "P2", "P1"), ("c", "P3", "P3")))
+    (tmp_path / "task_00_consolidation.jsonl").write_text(rows(("d", "P1", "P3")))
+    (tmp_path / "task_01.jsonl").write_text(rows(("e", "P4", "P1"), ("f", "P1", "P2")))
+    (tmp_path / "task_02.jsonl").write_text(rows(("g", "P3", "P4")))
+    assert confusion_record(tmp_path, 0) == {("P1", "P2"): 2}
+    assert confusion_record(tmp_path, 1) == {("P1", "P2"): 3, ("P1", "P4"): 1}
+
+
+@pytest.mark.parametrize("mode", ["errors", "random"])
+def test_errwise_pair_record_contrasts_recorded_pairs_both_ways_in_consolidation(
+    tiny_model_dir, tmp_path, monkeypatch, mode
+):
+    """errwise.pair_record: each consolidation round adds, for the pair_record_top pairs most confused in the initial
+    answers so far (`errors`; `random`: as many pairs of seen relations drawn at random), a memory instance of each
+    relation in the contrastive instruction against the other; the first rounds carry none, nor does `off`."""
+    from errwise.methods.errwise import confusion_record
+
+    trained = recorded_rounds(monkeypatch)
+    cfg = tiny_config(
+        tiny_model_dir, tmp_path / mode, "errwise", error_fraction=None, pair_record=mode, pair_record_top=2
+    )
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, consolidate=0.25, defer_memory=True))
+    out = run(cfg)
+    stream = make_stream(cfg)
+    name = {r.id: r.name for r in stream.relations}
+    assert len(trained) == 6  # per task: the first round, then the consolidation round
+    assert not any(ex.kind == "record" for i in (0, 2, 4) for ex in trained[i])
+    for t in (0, 1, 2):
+        records = [ex for ex in trained[2 * t + 1] if ex.kind == "record"]
+        got = sorted(tuple(sorted((ex.answer, ex.prompt.split('which is not "')[1].split('"')[0]))) for ex in records)
+        for ex in records:  # a memory instance of the answered relation
+            assert ex.uid in {x.uid for x in stream.tasks[0].train + stream.tasks[1].train + stream.tasks[2].train}
+        counts = confusion_record(out / "error_cases", t)
+        seen = {r for task in stream.tasks[: t + 1] for r in task.relations}
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        want = [tuple(sorted(name[r] for r in p)) for p, _ in ranked if set(p) <= seen][:2]
+        if mode == "errors":
+            assert got == sorted(w for w in want for _ in range(2))  # each pair both ways
+        else:
+            assert len(got) == 2 * len(want) and {n for pair in got for n in pair} <= {name[r] for r in seen}
+        if t == 2:
+            assert want, "the tiny model made no initial errors to record"
+    trained.clear()
+    run(dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=ErrwiseConfig(error_fraction=None)))
+    assert trained and not any(ex.kind == "record" for round_ in trained for ex in round_)
+    with pytest.raises(ErrwiseError, match="pair_record"):
+        ErrwiseConfig(pair_record="all")
+
+
 @pytest.mark.parametrize("mode", ["errors", "all", "random"])
 def test_errwise_anchors_train_relation_descriptions_in_the_tested_format(tiny_model_dir, tmp_path, monkeypatch, mode):
     """errwise.anchors: the description of a relation as a pseudo-instance in the plain instruction, answered with

@@ -316,6 +316,16 @@ class ErrwiseConfig:
         "other than r drawn at random for each case (the control fed random pairs: the same error cases and "
         "examples, the model's confusion left out).",
     )
+    pair_record: str = _f(
+        "off",
+        "A record of the model's confusions kept over tasks (after CEAR's analogous relations): every initial error "
+        "case so far (gold r answered r', on a task's data or the memory, error_cases/task_XX.jsonl) counts for the "
+        "pair {r, r'}; each consolidation round (train.consolidate > 0) adds, for the pair_record_top most counted "
+        "pairs with both relations in memory, a contrastive example each way (a memory instance of r beside r''s, "
+        "one of r' beside r's), among the error-focused examples. `errors`: that record; `random`: as many pairs "
+        "of seen relations drawn at random (the control fed random pairs); `off`.",
+    )
+    pair_record_top: int = _f(8, "Pairs of the confusion record trained in each consolidation round (pair_record).")
     distill_top_k: int = _f(5, "Old relations' labels per instance in the distillation (the previous model's best).")
     distill_temperature: float = _f(2.0, "Softmax temperature of the distillation, previous and current model alike.")
 
@@ -340,6 +350,11 @@ class ErrwiseConfig:
             self.entity_swap in ("off", "errors", "all", "random"),
             f"errwise.entity_swap must be off, errors, all or random, got {self.entity_swap!r}",
         )
+        _check(
+            self.pair_record in ("off", "errors", "random"),
+            f"errwise.pair_record must be off, errors or random, got {self.pair_record!r}",
+        )
+        _check(self.pair_record_top >= 1, "errwise.pair_record_top must be >= 1")
         _check(
             self.contrast_with in ("answer", "random"),
             f"errwise.contrast_with must be answer or random, got {self.contrast_with!r}",

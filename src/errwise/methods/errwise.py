@@ -144,14 +144,22 @@ class Errwise:
         self.consolidation_cases = cases
         self._record(ctx, cases, f"task_{ctx.task.index:02d}_consolidation.jsonl")
         learned = {r.id for r in ctx.seen}  # this task's relations have been trained on by now
-        return self._examples(ctx, cases, learned, random.Random(ctx.cfg.train.seed + ctx.task.index + 500))
+        rng = random.Random(ctx.cfg.train.seed + ctx.task.index + 500)
+        return self._examples(ctx, cases, learned, rng, record=True)
 
     def _examples(
-        self, ctx: TaskContext, cases, learned: set[str], rng: random.Random, targets: dict | None = None
+        self,
+        ctx: TaskContext,
+        cases,
+        learned: set[str],
+        rng: random.Random,
+        targets: dict | None = None,
+        record: bool = False,
     ) -> list[Example]:
         """`learned`: relations the model has been trained on; with error_scope `learned` only a wrong answer on
         an instance of one of them makes an error case (a relation the model was taught, yet got wrong).
-        `targets`: distillation targets by uid, carried by the plain example of each training case (once)."""
+        `targets`: distillation targets by uid, carried by the plain example of each training case (once).
+        `record`: the round trains the pairs of the confusion record (errwise.pair_record)."""
         c = self.cfg
         probe = self._probe(ctx)
         by_rel: dict[str, list[RelationInstance]] = {
@@ -186,6 +194,8 @@ class Errwise:
             out += self._error_focused(ctx, x, pred, kind + "-error", by_rel, rng)
         out += self._anchors(ctx, confusions, rng)
         out += self._swaps(ctx, confusions, by_rel, rng)
+        if record:
+            out += self._recorded(ctx, by_rel, rng)
         if c.error_fraction is not None and out and base:
             # At a fixed step budget every error-focused example displaces plain training. On a new task nearly
             # every training instance is an initial error (the model has never answered its relations), so
@@ -249,11 +259,8 @@ class Errwise:
             out.append(confront_example(x, gold, wrong, weight=c.error_weight))
         if c.contrastive:
             pool = [s for s in by_rel.get(pred, []) if s.uid != x.uid]
-            shots = rng.sample(pool, min(c.contrastive_shots, len(pool))) if c.contrastive_with_memory else []
-            others = [r for r in ctx.seen if r.id not in (gold.id, wrong.id)]
-            options = [gold, wrong, *rng.sample(others, min(2, len(others)))]
-            rng.shuffle(options)
-            out.append(contrastive_example(x, gold, wrong, shots, options, weight=c.error_weight))
+            example, shots, options = self._contrastive(ctx, x, pred, pool, rng)
+            out.append(example)
             if c.contrastive_symmetric and pool:
                 # The mirror: an instance of the confused relation beside the error case, answered with its own.
                 mirror = rng.choice([s for s in pool if s not in shots] or pool)
@@ -272,6 +279,43 @@ class Errwise:
                 mirror = ctx.plain(y, kind="mirror-rank", weight=c.error_weight)
                 out.append(dataclasses.replace(mirror, rejected=gold.name, rank_weight=c.mirror_rank))
         return out
+
+    def _contrastive(self, ctx: TaskContext, x: RelationInstance, pred: str, pool, rng: random.Random):
+        """(x beside instances of `pred` from `pool` in the contrastive instruction, the shots, the options)."""
+        c = self.cfg
+        gold, wrong = ctx.relation(x.relation), ctx.relation(pred)
+        shots = rng.sample(pool, min(c.contrastive_shots, len(pool))) if c.contrastive_with_memory else []
+        others = [r for r in ctx.seen if r.id not in (gold.id, wrong.id)]
+        options = [gold, wrong, *rng.sample(others, min(2, len(others)))]
+        rng.shuffle(options)
+        return contrastive_example(x, gold, wrong, shots, options, weight=c.error_weight), shots, options
+
+    def _recorded(self, ctx: TaskContext, by_rel, rng: random.Random) -> list[Example]:
+        """The confusion record's examples of a consolidation round (errwise.pair_record): for each chosen pair
+        {r, r'}, a memory instance of r in the contrastive instruction beside r''s memory, and one of r' beside r's."""
+        out = []
+        for a, b in self.recorded_pairs(ctx, by_rel, rng):
+            for rel, other in ((a, b), (b, a)):
+                ex, _, _ = self._contrastive(ctx, rng.choice(by_rel[rel]), other, by_rel[other], rng)
+                out.append(dataclasses.replace(ex, kind="record"))
+        return out
+
+    def recorded_pairs(self, ctx: TaskContext, by_rel, rng: random.Random) -> list[tuple[str, str]]:
+        """The pairs a consolidation round trains (errwise.pair_record): `errors`, the pair_record_top pairs most
+        often confused in the initial answers of tasks 0..now (both directions summed; ties by relation ids) whose
+        relations both have replayable instances; `random`, as many pairs of such relations drawn at random."""
+        mode = self.cfg.pair_record
+        if mode == "off":
+            return []
+        ok = sorted(r for r, xs in by_rel.items() if xs and r in ctx.memory)
+        counts = confusion_record(ctx.run_dir / "error_cases", ctx.task.index)
+        ranked = sorted((n, p) for p, n in counts.items() if p[0] in ok and p[1] in ok)
+        ranked.sort(key=lambda t: -t[0])  # stable: ties stay in relation-id order
+        pairs = [p for _, p in ranked[: self.cfg.pair_record_top]]
+        if mode == "random":
+            every = [(a, b) for i, a in enumerate(ok) for b in ok[i + 1 :]]
+            pairs = rng.sample(every, min(len(pairs), len(every)))
+        return pairs
 
     def end_task(self, ctx: TaskContext) -> None:
         """Record which initial errors the trained model now gets right (fixed) and which correct ones broke."""
@@ -300,6 +344,23 @@ def error_case_rows(cases) -> str:
     """The JSONL text of error_cases/task_XX*.jsonl: one row per (instance, source, predicted relation id)."""
     rows = [{"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in cases]
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def confusion_record(folder, upto: int) -> dict[tuple[str, str], int]:
+    """How often each pair of relations {r, r'} (a sorted tuple) was confused in the initial answers of tasks
+    0..upto (error_cases/task_XX.jsonl: gold r answered r' or r' answered r; the consolidation rounds' files, whose
+    errors are mostly old relations displaced by the newest, are left out)."""
+    counts: dict[tuple[str, str], int] = {}
+    for i in range(upto + 1):
+        path = folder / f"task_{i:02d}.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if not row["correct"]:
+                pair = tuple(sorted((row["gold"], row["pred"])))
+                counts[pair] = counts.get(pair, 0) + 1
+    return counts
 
 
 def _chosen_relations(mode: str, ctx: TaskContext, confusions: list[tuple[str, str]], rng: random.Random) -> list[str]:
