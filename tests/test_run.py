@@ -407,13 +407,12 @@ def test_errwise_pair_record_contrasts_recorded_pairs_both_ways_in_consolidation
 ):
     """errwise.pair_record: each consolidation round adds, for the pair_record_top pairs most confused in the initial
     answers so far (`errors`; `random`: as many pairs of seen relations drawn at random), a memory instance of each
-    relation in the contrastive instruction against the other; the first rounds carry none, nor does `off`."""
+    relation in the contrastive instruction against the other, on top of error_fraction's cap (the round's other
+    examples are errwise's own); the first rounds carry none, nor does `off`."""
     from errwise.methods.errwise import confusion_record
 
     trained = recorded_rounds(monkeypatch)
-    cfg = tiny_config(
-        tiny_model_dir, tmp_path / mode, "errwise", error_fraction=None, pair_record=mode, pair_record_top=2
-    )
+    cfg = tiny_config(tiny_model_dir, tmp_path / mode, "errwise", pair_record=mode, pair_record_top=2)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, consolidate=0.25, defer_memory=True))
     out = run(cfg)
     stream = make_stream(cfg)
@@ -435,9 +434,13 @@ def test_errwise_pair_record_contrasts_recorded_pairs_both_ways_in_consolidation
             assert len(got) == 2 * len(want) and {n for pair in got for n in pair} <= {name[r] for r in seen}
         if t == 2:
             assert want, "the tiny model made no initial errors to record"
+    first = trained[1]
     trained.clear()
-    run(dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=ErrwiseConfig(error_fraction=None)))
+    off = dataclasses.replace(cfg.errwise, pair_record="off")
+    run(dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=off))
     assert trained and not any(ex.kind == "record" for round_ in trained for ex in round_)
+    # On top of error_fraction's cap and drawn after it: task 1's round is errwise's own plus the record's examples.
+    assert [ex for ex in first if ex.kind != "record"] == trained[1]
     with pytest.raises(ErrwiseError, match="pair_record"):
         ErrwiseConfig(pair_record="all")
 

@@ -322,7 +322,7 @@ class ErrwiseConfig:
         "case so far (gold r answered r', on a task's data or the memory, error_cases/task_XX.jsonl) counts for the "
         "pair {r, r'}; each consolidation round (train.consolidate > 0) adds, for the pair_record_top most counted "
         "pairs with both relations in memory, a contrastive example each way (a memory instance of r beside r''s, "
-        "one of r' beside r's), among the error-focused examples. `errors`: that record; `random`: as many pairs "
+        "one of r' beside r's), on top of error_fraction's cap. `errors`: that record; `random`: as many pairs "
         "of seen relations drawn at random (the control fed random pairs); `off`.",
     )
     pair_record_top: int = _f(8, "Pairs of the confusion record trained in each consolidation round (pair_record).")

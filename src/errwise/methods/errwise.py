@@ -194,8 +194,6 @@ class Errwise:
             out += self._error_focused(ctx, x, pred, kind + "-error", by_rel, rng)
         out += self._anchors(ctx, confusions, rng)
         out += self._swaps(ctx, confusions, by_rel, rng)
-        if record:
-            out += self._recorded(ctx, by_rel, rng)
         if c.error_fraction is not None and out and base:
             # At a fixed step budget every error-focused example displaces plain training. On a new task nearly
             # every training instance is an initial error (the model has never answered its relations), so
@@ -207,6 +205,8 @@ class Errwise:
                 # Few errors repeated up to the share: a lone error of the consolidation round became a dozen
                 # examples answering its relation, which the model then over-predicted (docs/results.md).
                 out = out * (n // len(out)) + rng.sample(out, n % len(out))
+        if record:  # on top of the cap, drawn after it: the round's other examples are those errwise makes anyway
+            out += self._recorded(ctx, by_rel, rng)
         return base + out
 
     def _anchors(self, ctx: TaskContext, confusions: list[tuple[str, str]], rng: random.Random) -> list[Example]:
