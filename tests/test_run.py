@@ -385,31 +385,34 @@ def test_errwise_contrast_with_random_sets_error_cases_against_drawn_relations(t
         ErrwiseConfig(contrast_with="other")
 
 
-def test_confusion_record_counts_initial_errors_of_tasks_so_far(tmp_path):
-    """The confusion record (errwise.pair_record) sums both directions of each pair over the initial answers of tasks
-    0..upto; the consolidation rounds' files and later tasks are left out."""
-    from errwise.methods.errwise import confusion_record
+def test_rival_record_sums_rival_probabilities_of_tasks_so_far(tmp_path):
+    """The confusion record (errwise.pair_record) sums each pair's rival probabilities, both directions, over the
+    consolidation rounds of tasks 0..upto."""
+    from errwise.methods.errwise import rival_record
 
-    def rows(*triples):
-        return "".join(json.dumps({"uid": u, "gold": g, "pred": p, "correct": g == p}) + "\n" for u, g, p in triples)
+    def rows(*rivals):
+        return "".join(
+            json.dumps({"uid": u, "gold": g, "rival": r, "p_rival": p, "p_gold": 1 - p}) + "\n" for u, g, r, p in rivals
+        )
 
-    (tmp_path / "task_00.jsonl").write_text(rows(("a", "P1", "P2"), ("b", "P2", "P1"), ("c", "P3", "P3")))
-    (tmp_path / "task_00_consolidation.jsonl").write_text(rows(("d", "P1", "P3")))
-    (tmp_path / "task_01.jsonl").write_text(rows(("e", "P4", "P1"), ("f", "P1", "P2")))
-    (tmp_path / "task_02.jsonl").write_text(rows(("g", "P3", "P4")))
-    assert confusion_record(tmp_path, 0) == {("P1", "P2"): 2}
-    assert confusion_record(tmp_path, 1) == {("P1", "P2"): 3, ("P1", "P4"): 1}
+    (tmp_path / "task_00_rivals.jsonl").write_text(rows(("a", "P1", "P2", 0.25), ("b", "P2", "P1", 0.5)))
+    (tmp_path / "task_00.jsonl").write_text(json.dumps({"uid": "c", "gold": "P1", "pred": "P3", "correct": False}))
+    (tmp_path / "task_01_rivals.jsonl").write_text(rows(("a", "P1", "P4", 0.125), ("b", "P2", "P1", 0.25)))
+    (tmp_path / "task_02_rivals.jsonl").write_text(rows(("a", "P1", "P3", 0.75)))
+    assert rival_record(tmp_path, 0) == {("P1", "P2"): 0.75}
+    assert rival_record(tmp_path, 1) == {("P1", "P2"): 1.0, ("P1", "P4"): 0.125}
 
 
-@pytest.mark.parametrize("mode", ["errors", "random"])
-def test_errwise_pair_record_contrasts_recorded_pairs_both_ways_in_consolidation(
+@pytest.mark.parametrize("mode", ["rivals", "random"])
+def test_errwise_pair_record_contrasts_rival_pairs_both_ways_in_consolidation(
     tiny_model_dir, tmp_path, monkeypatch, mode
 ):
-    """errwise.pair_record: each consolidation round adds, for the pair_record_top pairs most confused in the initial
-    answers so far (`errors`; `random`: as many pairs of seen relations drawn at random), a memory instance of each
-    relation in the contrastive instruction against the other, on top of error_fraction's cap (the round's other
-    examples are errwise's own); the first rounds carry none, nor does `off`."""
-    from errwise.methods.errwise import confusion_record
+    """errwise.pair_record: each consolidation round scores every memory instance's rival (the other seen relation
+    with the best exact score) and adds, for the pair_record_top pairs with the most summed rival probability so far
+    (`rivals`; `random`: as many pairs of seen relations drawn at random), a memory instance of each relation in the
+    contrastive instruction against the other, on top of error_fraction's cap (the round's other examples are
+    errwise's own); the first rounds carry none, nor does `off`."""
+    from errwise.methods.errwise import rival_record
 
     trained = recorded_rounds(monkeypatch)
     cfg = tiny_config(tiny_model_dir, tmp_path / mode, "errwise", pair_record=mode, pair_record_top=2)
@@ -419,30 +422,41 @@ def test_errwise_pair_record_contrasts_recorded_pairs_both_ways_in_consolidation
     name = {r.id: r.name for r in stream.relations}
     assert len(trained) == 6  # per task: the first round, then the consolidation round
     assert not any(ex.kind == "record" for i in (0, 2, 4) for ex in trained[i])
+    wrong = 0
     for t in (0, 1, 2):
+        rows = read_jsonl(out / "error_cases" / f"task_{t:02d}_rivals.jsonl")
+        memory = json.loads((out / "memory" / f"task_{t:02d}.json").read_text())
+        assert sorted(r["uid"] for r in rows) == sorted(u for us in memory.values() for u in us)
+        for r in rows:
+            assert r["rival"] != r["gold"] and 0 <= r["p_rival"] <= 1 - r["p_gold"] + 1e-3
         records = [ex for ex in trained[2 * t + 1] if ex.kind == "record"]
         got = sorted(tuple(sorted((ex.answer, ex.prompt.split('which is not "')[1].split('"')[0]))) for ex in records)
-        for ex in records:  # a memory instance of the answered relation
-            assert ex.uid in {x.uid for x in stream.tasks[0].train + stream.tasks[1].train + stream.tasks[2].train}
-        counts = confusion_record(out / "error_cases", t)
-        seen = {r for task in stream.tasks[: t + 1] for r in task.relations}
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        want = [tuple(sorted(name[r] for r in p)) for p, _ in ranked if set(p) <= seen][:2]
-        if mode == "errors":
+        record = rival_record(out / "error_cases", t)
+        want = [tuple(sorted(name[r] for r in p)) for p in sorted(record, key=lambda p: (-record[p], p))][:2]
+        assert want
+        if mode == "rivals":
             assert got == sorted(w for w in want for _ in range(2))  # each pair both ways
         else:
-            assert len(got) == 2 * len(want) and {n for pair in got for n in pair} <= {name[r] for r in seen}
-        if t == 2:
-            assert want, "the tiny model made no initial errors to record"
+            seen = {name[r] for task in stream.tasks[: t + 1] for r in task.relations}
+            assert len(got) == 2 * len(want) and {n for pair in got for n in pair} <= seen
+        # The rivals come from the same model as the round's answers (exhaustive scores, exact search): a wrong
+        # answer is its instance's rival, a right one outscores it.
+        answered = {r["uid"]: r for r in read_jsonl(out / "error_cases" / f"task_{t:02d}_consolidation.jsonl")}
+        for r in rows:
+            a = answered[r["uid"]]
+            assert (r["rival"] == a["pred"]) if not a["correct"] else (r["p_gold"] >= r["p_rival"])
+        wrong += sum(not a["correct"] for a in answered.values())
+    assert wrong, "no wrong answer in the consolidation rounds to check the rivals against"
     first = trained[1]
     trained.clear()
     off = dataclasses.replace(cfg.errwise, pair_record="off")
     run(dataclasses.replace(cfg, output_dir=str(tmp_path / "off"), errwise=off))
     assert trained and not any(ex.kind == "record" for round_ in trained for ex in round_)
+    assert not list((tmp_path / "off" / "error_cases").glob("*_rivals.jsonl"))
     # On top of error_fraction's cap and drawn after it: task 1's round is errwise's own plus the record's examples.
     assert [ex for ex in first if ex.kind != "record"] == trained[1]
     with pytest.raises(ErrwiseError, match="pair_record"):
-        ErrwiseConfig(pair_record="all")
+        ErrwiseConfig(pair_record="errors")
 
 
 @pytest.mark.parametrize("mode", ["errors", "all", "random"])

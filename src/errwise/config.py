@@ -318,12 +318,13 @@ class ErrwiseConfig:
     )
     pair_record: str = _f(
         "off",
-        "A record of the model's confusions kept over tasks (after CEAR's analogous relations): every initial error "
-        "case so far (gold r answered r', on a task's data or the memory, error_cases/task_XX.jsonl) counts for the "
-        "pair {r, r'}; each consolidation round (train.consolidate > 0) adds, for the pair_record_top most counted "
-        "pairs with both relations in memory, a contrastive example each way (a memory instance of r beside r''s, "
-        "one of r' beside r's), on top of error_fraction's cap. `errors`: that record; `random`: as many pairs "
-        "of seen relations drawn at random (the control fed random pairs); `off`.",
+        "A record of the model's confusions kept over tasks (after CEAR's analogous relations): in each consolidation "
+        "round (train.consolidate > 0) every memory instance of r gets its rival, the other seen relation r' with the "
+        "best exact score (its wrong answer, if wrong), whose probability adds to the pair {r, r'} "
+        "(error_cases/task_XX_rivals.jsonl); the round then adds, for the pair_record_top pairs with the most summed "
+        "probability over the tasks so far, a contrastive example each way (a memory instance of r beside r''s, one "
+        "of r' beside r's), on top of error_fraction's cap. `rivals`: that record; `random`: as many pairs of seen "
+        "relations drawn at random (the control fed random pairs; the rivals are scored all the same); `off`.",
     )
     pair_record_top: int = _f(8, "Pairs of the confusion record trained in each consolidation round (pair_record).")
     distill_top_k: int = _f(5, "Old relations' labels per instance in the distillation (the previous model's best).")
@@ -351,8 +352,8 @@ class ErrwiseConfig:
             f"errwise.entity_swap must be off, errors, all or random, got {self.entity_swap!r}",
         )
         _check(
-            self.pair_record in ("off", "errors", "random"),
-            f"errwise.pair_record must be off, errors or random, got {self.pair_record!r}",
+            self.pair_record in ("off", "rivals", "random"),
+            f"errwise.pair_record must be off, rivals or random, got {self.pair_record!r}",
         )
         _check(self.pair_record_top >= 1, "errwise.pair_record_top must be >= 1")
         _check(

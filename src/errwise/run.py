@@ -28,7 +28,7 @@ from errwise.data.formats import load_corpus, load_fcre
 from errwise.data.stream import build_stream, fcre_stream, subsample
 from errwise.data.types import RelationInstance, TaskStream
 from errwise.errors import ErrwiseError
-from errwise.evaluate import content_free_bonus, embed, predict
+from errwise.evaluate import candidate_scores, content_free_bonus, embed, predict
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path, save_checkpoint
@@ -114,11 +114,6 @@ def predict_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=Non
     """Class-incremental prediction with the run's evaluation settings (`eval.calibrate`: the content-free bonus,
     computed with the model as it is now)."""
     e = cfg.eval
-    bonus = None
-    if e.calibrate == "content_free":
-        bonus = content_free_bonus(
-            model, tok, candidates, max_length=cfg.train.max_length, list_candidates=e.list_candidates
-        )
     return predict(
         model,
         tok,
@@ -131,7 +126,37 @@ def predict_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=Non
         max_length=cfg.train.max_length,
         hints=hints,
         desc=desc,
-        bonus=bonus,
+        bonus=_bonus(cfg, model, tok, candidates),
+    )
+
+
+def scores_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=None, desc="score") -> torch.Tensor:
+    """Every candidate's exact score for every instance (N, C), each label scored in full, with the run's evaluation
+    settings: its argmax is `predict_with`'s answer."""
+    e = cfg.eval
+    _, scores = candidate_scores(
+        model,
+        tok,
+        instances,
+        candidates,
+        batch_size=e.batch_size,
+        list_candidates=e.list_candidates,
+        score=e.score,
+        max_length=cfg.train.max_length,
+        exhaustive=True,
+        hints=hints,
+        desc=desc,
+        bonus=_bonus(cfg, model, tok, candidates),
+    )
+    return scores
+
+
+def _bonus(cfg: RunConfig, model, tok, candidates) -> torch.Tensor | None:
+    """`eval.calibrate content_free`: the bonus of the model as it is now over `candidates`; else None."""
+    if cfg.eval.calibrate != "content_free":
+        return None
+    return content_free_bonus(
+        model, tok, candidates, max_length=cfg.train.max_length, list_candidates=cfg.eval.list_candidates
     )
 
 
@@ -362,7 +387,7 @@ def load_memory(run_dir: Path, stream: TaskStream, n_done: int) -> dict[str, lis
 
 def task_context(cfg: RunConfig, stream, task, memory, model, tok, method, method_dir: Path) -> TaskContext:
     """What the method sees of task `task`; its `predict` answers among every seen relation, sharded over
-    processes, with the method's hints."""
+    processes, with the method's hints; its `scores` gives every seen relation's exact score."""
     seen = tuple(stream.relation(r) for r in stream.seen_relations(task.index))
 
     def predict_seen(instances, desc="predict"):
@@ -371,7 +396,14 @@ def task_context(cfg: RunConfig, stream, task, memory, model, tok, method, metho
     def _predict(instances, desc):
         return predict_with(cfg, model, tok, instances, seen, hints=method.hints(instances), desc=desc)
 
-    return TaskContext(cfg, stream, task, seen, memory, model, tok, method_dir, predict_seen)
+    def score_seen(instances, desc="score"):
+        return distributed.map_sharded(lambda part: _score(part, desc), instances)
+
+    def _score(instances, desc):
+        scores = scores_with(cfg, model, tok, instances, seen, hints=method.hints(instances), desc=desc)
+        return scores.tolist()
+
+    return TaskContext(cfg, stream, task, seen, memory, model, tok, method_dir, predict_seen, score_seen)
 
 
 @contextmanager

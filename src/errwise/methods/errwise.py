@@ -29,6 +29,8 @@ import dataclasses
 import json
 import random
 
+import torch
+
 from errwise import distributed
 from errwise.config import ErrwiseConfig
 from errwise.data.types import RelationInstance, Task
@@ -143,9 +145,28 @@ class Errwise:
         cases = self._responses(ctx, self._memory_pools(ctx, self._probe(ctx)), "consolidation")
         self.consolidation_cases = cases
         self._record(ctx, cases, f"task_{ctx.task.index:02d}_consolidation.jsonl")
+        if self.cfg.pair_record != "off":
+            self._record_rivals(ctx, [x for x, source, _ in cases if source == "memory"])
         learned = {r.id for r in ctx.seen}  # this task's relations have been trained on by now
         rng = random.Random(ctx.cfg.train.seed + ctx.task.index + 500)
         return self._examples(ctx, cases, learned, rng, record=True)
+
+    def _record_rivals(self, ctx: TaskContext, xs: list[RelationInstance]) -> None:
+        """errwise.pair_record: each memory instance's rival, the seen relation other than its gold with the best exact
+        score after the first round (the answer itself when it is wrong), and the rival's probability (softmax over
+        the seen relations' scores, as the extractor gives it), in error_cases/task_XX_rivals.jsonl."""
+        ids = [r.id for r in ctx.seen]
+        rows = []
+        for x, row in zip(xs, ctx.scores(xs, desc=f"T{ctx.task.index + 1} rivals")):
+            probs = torch.tensor(row).softmax(-1)
+            gold = ids.index(x.relation)
+            probs_other = probs.clone()
+            probs_other[gold] = -1.0
+            rival = int(probs_other.argmax())
+            p_rival, p_gold = round(float(probs[rival]), 4), round(float(probs[gold]), 4)
+            rows.append({"uid": x.uid, "gold": x.relation, "rival": ids[rival], "p_rival": p_rival, "p_gold": p_gold})
+        path = ctx.run_dir / "error_cases" / f"task_{ctx.task.index:02d}_rivals.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def _examples(
         self,
@@ -301,17 +322,16 @@ class Errwise:
         return out
 
     def recorded_pairs(self, ctx: TaskContext, by_rel, rng: random.Random) -> list[tuple[str, str]]:
-        """The pairs a consolidation round trains (errwise.pair_record): `errors`, the pair_record_top pairs most
-        often confused in the initial answers of tasks 0..now (both directions summed; ties by relation ids) whose
-        relations both have replayable instances; `random`, as many pairs of such relations drawn at random."""
+        """The pairs a consolidation round trains (errwise.pair_record): `rivals`, the pair_record_top pairs of the
+        rival record of tasks 0..now with the most summed rival probability (ties by relation ids) whose relations
+        both have replayable instances; `random`, as many pairs of such relations drawn at random."""
         mode = self.cfg.pair_record
         if mode == "off":
             return []
         ok = sorted(r for r, xs in by_rel.items() if xs and r in ctx.memory)
-        counts = confusion_record(ctx.run_dir / "error_cases", ctx.task.index)
-        ranked = sorted((n, p) for p, n in counts.items() if p[0] in ok and p[1] in ok)
-        ranked.sort(key=lambda t: -t[0])  # stable: ties stay in relation-id order
-        pairs = [p for _, p in ranked[: self.cfg.pair_record_top]]
+        record = rival_record(ctx.run_dir / "error_cases", ctx.task.index)
+        ranked = sorted((p for p in record if p[0] in ok and p[1] in ok), key=lambda p: (-record[p], p))
+        pairs = ranked[: self.cfg.pair_record_top]
         if mode == "random":
             every = [(a, b) for i, a in enumerate(ok) for b in ok[i + 1 :]]
             pairs = rng.sample(every, min(len(pairs), len(every)))
@@ -346,21 +366,20 @@ def error_case_rows(cases) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-def confusion_record(folder, upto: int) -> dict[tuple[str, str], int]:
-    """How often each pair of relations {r, r'} (a sorted tuple) was confused in the initial answers of tasks
-    0..upto (error_cases/task_XX.jsonl: gold r answered r' or r' answered r; the consolidation rounds' files, whose
-    errors are mostly old relations displaced by the newest, are left out)."""
-    counts: dict[tuple[str, str], int] = {}
+def rival_record(folder, upto: int) -> dict[tuple[str, str], float]:
+    """The confusion record of errwise.pair_record: per pair of relations {r, r'} (a sorted tuple), the summed
+    probability of r' on r's memory instances where r' was the rival (and of r on r''s), over the consolidation rounds
+    of tasks 0..upto (error_cases/task_XX_rivals.jsonl)."""
+    record: dict[tuple[str, str], float] = {}
     for i in range(upto + 1):
-        path = folder / f"task_{i:02d}.jsonl"
+        path = folder / f"task_{i:02d}_rivals.jsonl"
         if not path.exists():
             continue
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if not row["correct"]:
-                pair = tuple(sorted((row["gold"], row["pred"])))
-                counts[pair] = counts.get(pair, 0) + 1
-    return counts
+            pair = tuple(sorted((row["gold"], row["rival"])))
+            record[pair] = record.get(pair, 0.0) + row["p_rival"]
+    return record
 
 
 def _chosen_relations(mode: str, ctx: TaskContext, confusions: list[tuple[str, str]], rng: random.Random) -> list[str]:

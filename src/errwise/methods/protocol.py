@@ -30,6 +30,9 @@ class TaskContext:
     run_dir: Path
     predict: Callable[[Sequence[RelationInstance]], list[str]]
     """Predicts relation ids among `seen` with the current model (class-incremental)."""
+    scores: Callable[[Sequence[RelationInstance]], list[list[float]]] | None = None
+    """Every relation of `seen`'s exact score (summed label log-probability, as prediction ranks) per instance,
+    each label scored in full: slower than `predict`, for methods that need more than the best answer."""
 
     def relation(self, rel_id: str) -> Relation:
         return self.stream.relation(rel_id)
