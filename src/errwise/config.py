@@ -318,13 +318,14 @@ class ErrwiseConfig:
     )
     pair_record: str = _f(
         "off",
-        "A record of the model's confusions kept over tasks (after CEAR's analogous relations): in each consolidation "
-        "round (train.consolidate > 0) every memory instance of r gets its rival, the other seen relation r' with the "
-        "best exact score (its wrong answer, if wrong), whose probability adds to the pair {r, r'} "
-        "(error_cases/task_XX_rivals.jsonl); the round then adds, for the pair_record_top pairs with the most summed "
-        "probability over the tasks so far, a contrastive example each way (a memory instance of r beside r''s, one "
-        "of r' beside r's), on top of error_fraction's cap. `rivals`: that record; `random`: as many pairs of seen "
-        "relations drawn at random (the control fed random pairs; the rivals are scored all the same); `off`.",
+        "A record of the model's confusions kept over tasks (after CEAR's analogous relations), for runs with a "
+        "consolidation round (train.consolidate > 0): at the end of each task every memory instance of r gets its "
+        "rival, the other seen relation r' with the best exact score (its wrong answer, if wrong), whose probability "
+        "adds to the pair {r, r'} (error_cases/task_XX_rivals.jsonl); each later consolidation round adds, for the "
+        "pair_record_top pairs with the most summed probability, a contrastive example each way (a memory instance of "
+        "r beside r''s, one of r' beside r's), on top of error_fraction's cap. `rivals`: that record; `random`: as "
+        "many pairs of seen relations drawn at random (the control fed random pairs; the rivals are scored all the "
+        "same); `off`.",
     )
     pair_record_top: int = _f(8, "Pairs of the confusion record trained in each consolidation round (pair_record).")
     distill_top_k: int = _f(5, "Old relations' labels per instance in the distillation (the previous model's best).")

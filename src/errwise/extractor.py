@@ -705,7 +705,7 @@ def learn_task(
         consolidation = consolidation_phase(
             cfg, dataclasses.replace(ctx, memory=memory), method, consolidate_steps, on_step
         )
-    method.end_task(ctx)
+    method.end_task(dataclasses.replace(ctx, memory=memory))
     return {
         "train_steps": stats.steps + (consolidation.steps if consolidation else 0),
         "train_examples": stats.examples,

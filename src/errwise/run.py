@@ -230,7 +230,7 @@ def run(cfg: RunConfig, run_dir: Path | None = None) -> Path:
         with timed(phases, "evaluate"):
             rows = evaluate_phase(cfg, ctx)
         with timed(phases, "end"):
-            method.end_task(ctx)
+            method.end_task(dataclasses.replace(ctx, memory=memory))  # the memory as the task leaves it
         row = metrics.accuracy_row(rows, task.index + 1)
         matrix.append(row)
         subsampled = eval_subsample(cfg, stream, task.index)

@@ -145,16 +145,17 @@ class Errwise:
         cases = self._responses(ctx, self._memory_pools(ctx, self._probe(ctx)), "consolidation")
         self.consolidation_cases = cases
         self._record(ctx, cases, f"task_{ctx.task.index:02d}_consolidation.jsonl")
-        if self.cfg.pair_record != "off":
-            self._record_rivals(ctx, [x for x, source, _ in cases if source == "memory"])
         learned = {r.id for r in ctx.seen}  # this task's relations have been trained on by now
         rng = random.Random(ctx.cfg.train.seed + ctx.task.index + 500)
         return self._examples(ctx, cases, learned, rng, record=True)
 
-    def _record_rivals(self, ctx: TaskContext, xs: list[RelationInstance]) -> None:
-        """errwise.pair_record: each memory instance's rival, the seen relation other than its gold with the best exact
-        score after the first round (the answer itself when it is wrong), and the rival's probability (softmax over
-        the seen relations' scores, as the extractor gives it), in error_cases/task_XX_rivals.jsonl."""
+    def _record_rivals(self, ctx: TaskContext) -> None:
+        """errwise.pair_record: each memory instance's rival with the model as the task leaves it (after its
+        consolidation round, where the newest task's pull is gone), the seen relation other than its gold with the
+        best exact score (the answer itself when it is wrong), and the rival's probability (softmax over the seen
+        relations' scores, as the extractor gives it), in error_cases/task_XX_rivals.jsonl for later rounds."""
+        probe = self._probe(ctx)
+        xs = [x for x in ctx.memory_instances() if x.uid not in probe]
         ids = [r.id for r in ctx.seen]
         rows = []
         for x, row in zip(xs, ctx.scores(xs, desc=f"T{ctx.task.index + 1} rivals")):
@@ -165,6 +166,7 @@ class Errwise:
             rival = int(probs_other.argmax())
             p_rival, p_gold = round(float(probs[rival]), 4), round(float(probs[gold]), 4)
             rows.append({"uid": x.uid, "gold": x.relation, "rival": ids[rival], "p_rival": p_rival, "p_gold": p_gold})
+        (ctx.run_dir / "error_cases").mkdir(exist_ok=True)
         path = ctx.run_dir / "error_cases" / f"task_{ctx.task.index:02d}_rivals.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -323,13 +325,13 @@ class Errwise:
 
     def recorded_pairs(self, ctx: TaskContext, by_rel, rng: random.Random) -> list[tuple[str, str]]:
         """The pairs a consolidation round trains (errwise.pair_record): `rivals`, the pair_record_top pairs of the
-        rival record of tasks 0..now with the most summed rival probability (ties by relation ids) whose relations
-        both have replayable instances; `random`, as many pairs of such relations drawn at random."""
+        rival record of the earlier tasks with the most summed rival probability (ties by relation ids) whose
+        relations both have replayable instances; `random`, as many pairs of such relations drawn at random."""
         mode = self.cfg.pair_record
         if mode == "off":
             return []
         ok = sorted(r for r, xs in by_rel.items() if xs and r in ctx.memory)
-        record = rival_record(ctx.run_dir / "error_cases", ctx.task.index)
+        record = rival_record(ctx.run_dir / "error_cases", ctx.task.index - 1)
         ranked = sorted((p for p in record if p[0] in ok and p[1] in ok), key=lambda p: (-record[p], p))
         pairs = ranked[: self.cfg.pair_record_top]
         if mode == "random":
@@ -338,7 +340,11 @@ class Errwise:
         return pairs
 
     def end_task(self, ctx: TaskContext) -> None:
-        """Record which initial errors the trained model now gets right (fixed) and which correct ones broke."""
+        """Record which initial errors the trained model now gets right (fixed) and which correct ones broke; with
+        errwise.pair_record, the memory's rivals for the later tasks' consolidation rounds."""
+        later = ctx.task.index < len(ctx.stream.tasks) - 1
+        if self.cfg.pair_record != "off" and ctx.cfg.train.consolidate > 0 and later:
+            self._record_rivals(ctx)
         if not self.cases:
             return
         xs = [x for x, _, _ in self.cases]
@@ -368,8 +374,8 @@ def error_case_rows(cases) -> str:
 
 def rival_record(folder, upto: int) -> dict[tuple[str, str], float]:
     """The confusion record of errwise.pair_record: per pair of relations {r, r'} (a sorted tuple), the summed
-    probability of r' on r's memory instances where r' was the rival (and of r on r''s), over the consolidation rounds
-    of tasks 0..upto (error_cases/task_XX_rivals.jsonl)."""
+    probability of r' on r's memory instances where r' was the rival (and of r on r''s), at the ends of tasks
+    0..upto (error_cases/task_XX_rivals.jsonl)."""
     record: dict[tuple[str, str], float] = {}
     for i in range(upto + 1):
         path = folder / f"task_{i:02d}_rivals.jsonl"

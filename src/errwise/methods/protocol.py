@@ -65,7 +65,9 @@ class Method(Protocol):
         holds every seen relation. [] when the method does not use the memory (its steps go unused)."""
         ...
 
-    def end_task(self, ctx: TaskContext) -> None: ...
+    def end_task(self, ctx: TaskContext) -> None:
+        """After the task's training and evaluation; `ctx.memory` is the memory as the task leaves it."""
+        ...
 
     def held_out(self, ctx: TaskContext) -> dict[str, list[RelationInstance]]:
         """Training instances of ctx.task, per relation, that the method never trains on but the memory must keep
