@@ -113,42 +113,28 @@ def load_run_model(cfg: RunConfig, device: torch.device, adapter: Path | None = 
 def predict_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=None, desc="predict") -> list[str]:
     """Class-incremental prediction with the run's evaluation settings (`eval.calibrate`: the content-free bonus,
     computed with the model as it is now)."""
-    e = cfg.eval
-    return predict(
-        model,
-        tok,
-        instances,
-        candidates,
-        batch_size=e.batch_size,
-        list_candidates=e.list_candidates,
-        score=e.score,
-        search=e.search,
-        max_length=cfg.train.max_length,
-        hints=hints,
-        desc=desc,
-        bonus=_bonus(cfg, model, tok, candidates),
-    )
+    kw = _scoring(cfg, model, tok, candidates, hints=hints, desc=desc)
+    return predict(model, tok, instances, candidates, search=cfg.eval.search, **kw)
 
 
 def scores_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=None, desc="score") -> torch.Tensor:
     """Every candidate's exact score for every instance (N, C), each label scored in full, with the run's evaluation
     settings: its argmax is `predict_with`'s answer."""
+    kw = _scoring(cfg, model, tok, candidates, hints=hints, desc=desc)
+    return candidate_scores(model, tok, instances, candidates, exhaustive=True, **kw)[1]
+
+
+def _scoring(cfg: RunConfig, model, tok, candidates, **kw) -> dict:
+    """The scoring options of the run's evaluation settings, `hints` and `desc` included."""
     e = cfg.eval
-    _, scores = candidate_scores(
-        model,
-        tok,
-        instances,
-        candidates,
+    return dict(
         batch_size=e.batch_size,
         list_candidates=e.list_candidates,
         score=e.score,
         max_length=cfg.train.max_length,
-        exhaustive=True,
-        hints=hints,
-        desc=desc,
         bonus=_bonus(cfg, model, tok, candidates),
+        **kw,
     )
-    return scores
 
 
 def _bonus(cfg: RunConfig, model, tok, candidates) -> torch.Tensor | None:
