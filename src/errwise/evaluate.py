@@ -72,6 +72,41 @@ def predict(
 
 
 @torch.no_grad()
+def score_all(
+    model,
+    tok,
+    instances: Sequence[RelationInstance],
+    candidates: Sequence[Relation],
+    *,
+    batch_size: int = 16,
+    score: str = "sum",
+    list_candidates: bool = False,
+    max_length: int = 256,
+    hints: Sequence[str] | None = None,
+    desc: str = "predict",
+    bonus: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Every candidate's exact label score for every instance, (N, C): evaluation's prompts and length-sorted
+    batches, each label scored in full (no pruning), so its argmax is evaluation's exact prediction. `bonus` (C,):
+    the content-free calibration's, added to every candidate's score as evaluation adds it; `hints` as `predict`'s."""
+    _, scores = candidate_scores(
+        model,
+        tok,
+        instances,
+        candidates,
+        batch_size=batch_size,
+        score=score,
+        list_candidates=list_candidates,
+        max_length=max_length,
+        exhaustive=True,
+        hints=hints,
+        desc=desc,
+        bonus=bonus,
+    )
+    return scores
+
+
+@torch.no_grad()
 def candidate_scores(
     model: PreTrainedModel,
     tok: PreTrainedTokenizerBase,

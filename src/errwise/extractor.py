@@ -42,7 +42,7 @@ from errwise.config import RunConfig, from_dict, load_saved_config, save_yaml, s
 from errwise.data.formats import _fail, _label, _record, json_line, read_relations, record_spans
 from errwise.data.types import Relation, RelationInstance, Task, TaskStream
 from errwise.errors import ErrwiseError, read_text
-from errwise.evaluate import candidate_scores
+from errwise.evaluate import score_all
 from errwise.methods import build_method
 from errwise.model import load_tokenizer, pick_device, save_pretrained
 
@@ -114,39 +114,6 @@ def instance_row(x: RelationInstance) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- scoring
-
-
-@torch.no_grad()
-def score_all(
-    model,
-    tok,
-    instances: Sequence[RelationInstance],
-    candidates: Sequence[Relation],
-    *,
-    batch_size: int = 16,
-    score: str = "sum",
-    list_candidates: bool = False,
-    max_length: int = 256,
-    desc: str = "predict",
-    bonus: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Every candidate's exact label score for every instance, (N, C): evaluation's prompts and length-sorted
-    batches, each label scored in full (no pruning), so its argmax is evaluation's exact prediction. `bonus` (C,):
-    the content-free calibration's, added to every candidate's score as evaluation adds it."""
-    _, scores = candidate_scores(
-        model,
-        tok,
-        instances,
-        candidates,
-        batch_size=batch_size,
-        score=score,
-        list_candidates=list_candidates,
-        max_length=max_length,
-        exhaustive=True,
-        desc=desc,
-        bonus=bonus,
-    )
-    return scores
 
 
 def answers(scores: torch.Tensor, candidates: Sequence[Relation], top_k: int, min_score: float | None) -> list[dict]:

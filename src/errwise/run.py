@@ -28,7 +28,7 @@ from errwise.data.formats import load_corpus, load_fcre
 from errwise.data.stream import build_stream, fcre_stream, subsample
 from errwise.data.types import RelationInstance, TaskStream
 from errwise.errors import ErrwiseError
-from errwise.evaluate import candidate_scores, content_free_bonus, embed, predict
+from errwise.evaluate import content_free_bonus, embed, predict, score_all
 from errwise.memory import select
 from errwise.methods import TaskContext, build_method
 from errwise.model import load_model, load_tokenizer, pick_device, pick_dtype, resolve_model_path, save_checkpoint
@@ -121,7 +121,7 @@ def scores_with(cfg: RunConfig, model, tok, instances, candidates, *, hints=None
     """Every candidate's exact score for every instance (N, C), each label scored in full, with the run's evaluation
     settings: its argmax is `predict_with`'s answer."""
     kw = _scoring(cfg, model, tok, candidates, hints=hints, desc=desc)
-    return candidate_scores(model, tok, instances, candidates, exhaustive=True, **kw)[1]
+    return score_all(model, tok, instances, candidates, **kw)
 
 
 def _scoring(cfg: RunConfig, model, tok, candidates, **kw) -> dict:

@@ -130,8 +130,7 @@ class Errwise:
         return cases
 
     def _record(self, ctx: TaskContext, cases, name: str) -> None:
-        (ctx.run_dir / "error_cases").mkdir(exist_ok=True)
-        (ctx.run_dir / "error_cases" / name).write_text(error_case_rows(cases))
+        _write_rows(ctx, name, error_case_rows(cases))
 
     def training_examples(self, ctx: TaskContext) -> list[Example]:
         learned = {r.id for r in ctx.seen} - set(ctx.task.relations)
@@ -166,9 +165,7 @@ class Errwise:
             rival = int(probs_other.argmax())
             p_rival, p_gold = round(float(probs[rival]), 4), round(float(probs[gold]), 4)
             rows.append({"uid": x.uid, "gold": x.relation, "rival": ids[rival], "p_rival": p_rival, "p_gold": p_gold})
-        (ctx.run_dir / "error_cases").mkdir(exist_ok=True)
-        path = ctx.run_dir / "error_cases" / f"task_{ctx.task.index:02d}_rivals.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _write_rows(ctx, f"task_{ctx.task.index:02d}_rivals.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
     def _examples(
         self,
@@ -370,6 +367,12 @@ def error_case_rows(cases) -> str:
     """The JSONL text of error_cases/task_XX*.jsonl: one row per (instance, source, predicted relation id)."""
     rows = [{"uid": x.uid, "source": s, "gold": x.relation, "pred": p, "correct": p == x.relation} for x, s, p in cases]
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _write_rows(ctx: TaskContext, name: str, text: str) -> None:
+    """error_cases/<name> of the run folder (JSONL text)."""
+    (ctx.run_dir / "error_cases").mkdir(exist_ok=True)
+    (ctx.run_dir / "error_cases" / name).write_text(text)
 
 
 def rival_record(folder, upto: int) -> dict[tuple[str, str], float]:
