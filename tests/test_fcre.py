@@ -453,6 +453,32 @@ def test_start_from_another_method_copies_only_the_first_task_which_is_the_same(
     assert _files(full / "checkpoints", "task_01") != _files(replay1 / "checkpoints", "task_01")
 
 
+def test_start_from_replay_copies_task_1_into_the_fields_joint_whose_budget_differs_from_task_2_on(
+    tiny_model_dir, tmp_path
+):
+    """joint at its own budget (every seen instance, the field's upper bound) started from replay at replay's budget
+    equals the same joint run from scratch: at task 1 both budgets count the task's instances alone (steps from the
+    budget, not max_steps); from task 2 on joint's own budget is the larger one."""
+    budget = ["--train.max_steps", "null"]  # steps from train.budget
+    source = _tiny_fcre(tiny_model_dir, tmp_path / "replay0", 0, "replay", *budget)
+    own = [*budget, "--train.budget", "own"]
+    full = _tiny_fcre(tiny_model_dir, tmp_path / "full", 1, "joint", *own)
+    started = _tiny_fcre(tiny_model_dir, tmp_path / "started", 1, "joint", *own, "--start_from", str(source))
+    drop = ("seconds", "phase_seconds", "copied_from")
+    lines = lambda run: [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [line.get("copied_from") for line in lines(started)] == [str(source), None, None]
+    assert [{k: v for k, v in x.items() if k not in drop} for x in lines(started)] == [
+        {k: v for k, v in x.items() if k not in drop} for x in lines(full)
+    ]
+    assert _files(full / "checkpoints", "task_00") == _files(source / "checkpoints", "task_00")
+    assert _files(started / "checkpoints", "task_02") == _files(full / "checkpoints", "task_02")
+    replay_steps = [
+        x["train_steps"] for x in lines(_tiny_fcre(tiny_model_dir, tmp_path / "replay1", 1, "replay", *budget))
+    ]
+    joint_steps = [x["train_steps"] for x in lines(full)]
+    assert joint_steps[0] == replay_steps[0] and joint_steps[2] > replay_steps[2]
+
+
 def test_start_from_another_method_refuses_errwise_and_a_round_after_task_1(tiny_model_dir, tmp_path, capsys):
     source = _tiny_fcre(tiny_model_dir, tmp_path / "replay0", 0, "replay")
     first_round = ["--train.consolidate", "0.5", "--train.consolidate_first", "true"]

@@ -257,9 +257,11 @@ FIRST_TASK_ALIKE = ("finetune", "replay", "joint")
 """Methods whose first task is one computation: no memory yet, so each trains on the task's own examples, then
 selects the same memory with the same model. One's first task may be copied into another's run when neither has a
 consolidation round after it (tests/test_fcre.py compares such copies with runs from scratch)."""
-FIRST_TASK_FREE = ("method.name", "train.consolidate", "train.consolidate_first", "train.defer_memory")
+FIRST_TASK_FREE = ("method.name", "train.consolidate", "train.consolidate_first", "train.defer_memory", "train.budget")
 """What may differ between two such runs: without a round after task 1, the round's share of the steps and the
-deferred memory (empty at task 1) act from task 2 on."""
+deferred memory (empty at task 1) act from task 2 on; so does the step budget (`replay` counts the task's instances
+and the memory, empty at task 1; `own` the method's examples, which at task 1 are the task's instances for all three),
+so the field's joint (`--train.budget own`) may start from a replay run too."""
 
 
 def _first_task_alike(cfg: RunConfig) -> bool:
