@@ -375,6 +375,15 @@ def _files(run: Path, sub: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((run / sub).glob("*"))} if (run / sub).is_dir() else {}
 
 
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _computed(run: Path) -> list[dict]:
+    """The metrics lines without what differs between a copied task and the same task computed (timings, source)."""
+    return [{k: v for k, v in x.items() if k not in ("seconds", "phase_seconds", "copied_from")} for x in _metrics(run)]
+
+
 @pytest.mark.parametrize("method", ["replay", "errwise"])
 def test_start_from_copies_the_shared_first_task_and_ends_as_a_full_run(tiny_model_dir, tmp_path, method):
     """Order 1 started from order 0's run equals order 1 run from scratch: task 1 (cluster 7 for every seed) is
@@ -382,15 +391,9 @@ def test_start_from_copies_the_shared_first_task_and_ends_as_a_full_run(tiny_mod
     source = _tiny_fcre(tiny_model_dir, tmp_path / "order0", 0, method)
     full = _tiny_fcre(tiny_model_dir, tmp_path / "order1", 1, method)
     started = _tiny_fcre(tiny_model_dir, tmp_path / "started", 1, method, "--start_from", str(source))
-    lines = [json.loads(s) for s in (started / "metrics.jsonl").read_text().splitlines()]
-    assert [line.get("copied_from") for line in lines] == [str(source), None, None]
-    drop = ("seconds", "phase_seconds", "copied_from")
-    strip = lambda run: [  # noqa: E731
-        {k: v for k, v in json.loads(s).items() if k not in drop}
-        for s in (run / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert strip(started) == strip(full)
-    assert strip(started)[0] == strip(source)[0] and strip(full)[1] != strip(source)[1]
+    assert [line.get("copied_from") for line in _metrics(started)] == [str(source), None, None]
+    assert _computed(started) == _computed(full)
+    assert _computed(started)[0] == _computed(source)[0] and _computed(full)[1] != _computed(source)[1]
     for sub in ("predictions", "memory", "error_cases"):
         assert _files(started, sub) == _files(full, sub)
     assert (method == "errwise") == bool(_files(started, "error_cases"))
@@ -438,12 +441,8 @@ def test_start_from_another_method_copies_only_the_first_task_which_is_the_same(
     method, *extra = target
     full = _tiny_fcre(tiny_model_dir, tmp_path / "full", 1, method, *steps, *extra)
     started = _tiny_fcre(tiny_model_dir, tmp_path / "started", 1, method, *steps, *extra, "--start_from", str(source))
-    drop = ("seconds", "phase_seconds", "copied_from")
-    lines = lambda run: [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert [line.get("copied_from") for line in lines(started)] == [str(source), None, None]
-    assert [{k: v for k, v in x.items() if k not in drop} for x in lines(started)] == [
-        {k: v for k, v in x.items() if k not in drop} for x in lines(full)
-    ]
+    assert [line.get("copied_from") for line in _metrics(started)] == [str(source), None, None]
+    assert _computed(started) == _computed(full)
     for sub in ("predictions", "memory"):
         assert _files(started, sub) == _files(full, sub)
     assert _files(started / "checkpoints", "task_02") == _files(full / "checkpoints", "task_02")
@@ -464,18 +463,14 @@ def test_start_from_replay_copies_task_1_into_the_fields_joint_whose_budget_diff
     own = [*budget, "--train.budget", "own"]
     full = _tiny_fcre(tiny_model_dir, tmp_path / "full", 1, "joint", *own)
     started = _tiny_fcre(tiny_model_dir, tmp_path / "started", 1, "joint", *own, "--start_from", str(source))
-    drop = ("seconds", "phase_seconds", "copied_from")
-    lines = lambda run: [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert [line.get("copied_from") for line in lines(started)] == [str(source), None, None]
-    assert [{k: v for k, v in x.items() if k not in drop} for x in lines(started)] == [
-        {k: v for k, v in x.items() if k not in drop} for x in lines(full)
-    ]
+    assert [line.get("copied_from") for line in _metrics(started)] == [str(source), None, None]
+    assert _computed(started) == _computed(full)
     assert _files(full / "checkpoints", "task_00") == _files(source / "checkpoints", "task_00")
     assert _files(started / "checkpoints", "task_02") == _files(full / "checkpoints", "task_02")
     replay_steps = [
-        x["train_steps"] for x in lines(_tiny_fcre(tiny_model_dir, tmp_path / "replay1", 1, "replay", *budget))
+        x["train_steps"] for x in _metrics(_tiny_fcre(tiny_model_dir, tmp_path / "replay1", 1, "replay", *budget))
     ]
-    joint_steps = [x["train_steps"] for x in lines(full)]
+    joint_steps = [x["train_steps"] for x in _metrics(full)]
     assert joint_steps[0] == replay_steps[0] and joint_steps[2] > replay_steps[2]
 
 
