@@ -16,7 +16,9 @@
 # ends soon does not begin a run it cannot finish; the runs already going finish and are kept).
 # A line with --start_from SRC, SRC another line that a lane is running (OUT_DIR/SRC.lock held) and that has not
 # finished its first task, waits for that task (polling every QUEUE_POLL_S seconds, 60) instead of failing, and then
-# starts only if START_BEFORE has not passed meanwhile.
+# starts only if START_BEFORE has not passed meanwhile. A line whose SRC has no first task to copy (no checkpoint of it:
+# never run here, a kept record, or a folder that did not survive) and that no lane runs trains its own task 1 instead
+# (the same computation), without --start_from, and says so.
 set -u
 jobs=$1; out=$2; workers=${3:-2}; kept=${4:-}
 start_before=
@@ -60,6 +62,26 @@ run_one() {
     echo "$(date +%T) $name: waits for $src's first task"
     while [ ! -s "$src/metrics.jsonl" ] && ! flock -n "$src.lock" true; do sleep "${QUEUE_POLL_S:-60}"; done
     if too_late "$name"; then return 0; fi  # the wait may have been hours
+  fi
+  # a source with no first task to copy (a kept record has no checkpoint; run folders do not survive a fresh checkout)
+  # and that no lane is running: the line trains its own task 1, the same computation, without --start_from (and a
+  # run that began so resumes so: errwise resumes only the saved config)
+  local drop=
+  if [ -n "$src" ]; then
+    if [ -s "$dir/metrics.jsonl" ]; then
+      grep -qx 'start_from: null' "$dir/config.yaml" 2>/dev/null && drop=1
+    elif [ ! -s "$src/metrics.jsonl" ] || [ ! -d "$src/checkpoints/task_00" ]; then
+      drop=1
+      echo "$(date +%T) $name: $src holds no first task to copy: runs without --start_from (trains its own task 1)"
+    fi
+  fi
+  if [ -n "$drop" ]; then
+    local args=() skip=
+    for a in "$@"; do
+      if [ -n "$skip" ]; then skip=; continue; fi
+      case $a in --start_from=*) ;; --start_from) skip=1 ;; *) args+=("$a") ;; esac
+    done
+    set -- "${args[@]}"
   fi
   if [ -f "$dir/config.yaml" ]; then  # resumed with the line as it is now: errwise refuses a config other than the saved one
     OMP_NUM_THREADS=1 errwise run "$@" --output_dir "$dir" >> "$dir.log" 2>&1

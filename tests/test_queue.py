@@ -111,3 +111,68 @@ def test_start_before_is_checked_again_after_the_wait(tmp_path):
     out = done.stdout.splitlines()
     assert "run-b: waits for" in out[0] and "run-b: not started (START_BEFORE" in out[1]
     assert metrics.exists() and not (tmp_path / "out" / "run-b.log").exists()
+
+
+def _fake_errwise(tmp_path: Path) -> dict[str, str]:
+    """An `errwise` first on PATH that prints its arguments (the run's log gets them) and fails as a run would."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "errwise"
+    fake.write_text('#!/usr/bin/env bash\necho "args: $*"\nexit 1\n')
+    fake.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
+@pytest.mark.parametrize("src_state", ["absent", "record without checkpoint"])
+def test_a_line_whose_source_has_no_first_task_runs_without_start_from(tmp_path, src_state):
+    """A --start_from folder that is not there, or holds a kept record's metrics but no checkpoint: the line trains
+    its own task 1 (the rest of its arguments as written) and the queue says so."""
+    out = tmp_path / "out"
+    src = out / "src"
+    if src_state != "absent":
+        src.mkdir(parents=True)
+        (src / "metrics.jsonl").write_text("{}\n")
+    jobs = tmp_path / "c.jobs"
+    jobs.write_text(f"run-c configs/x.yaml --data.order 3 --start_from {src} --method.name finetune\n")
+    done = subprocess.run(
+        ["bash", str(QUEUE), str(jobs), str(out), "1"],
+        capture_output=True,
+        text=True,
+        env=_fake_errwise(tmp_path),
+        timeout=60,
+        cwd=QUEUE.parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"run-c: {src} holds no first task to copy: runs without --start_from" in done.stdout
+    log = (out / "run-c.log").read_text()
+    assert log.splitlines()[0] == "args: run configs/x.yaml --data.order 3 --method.name finetune --output_dir " + str(
+        out / "run-c"
+    )
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
+@pytest.mark.parametrize("saved", ["null", "SRC"])
+def test_a_resumed_line_keeps_start_from_as_it_began(tmp_path, saved):
+    """A run with a completed task resumes with --start_from only if it began with it (errwise resumes the saved
+    config alone), whether or not its source is still there."""
+    out = tmp_path / "out"
+    src = out / "src"
+    run = out / "run-d"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "config.yaml").write_text(f"start_from: {src if saved == 'SRC' else 'null'}\n")
+    jobs = tmp_path / "d.jobs"
+    jobs.write_text(f"run-d configs/x.yaml --start_from {src}\n")
+    done = subprocess.run(
+        ["bash", str(QUEUE), str(jobs), str(out), "1"],
+        capture_output=True,
+        text=True,
+        env=_fake_errwise(tmp_path),
+        timeout=60,
+        cwd=QUEUE.parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert "holds no first task" not in done.stdout
+    with_src = f"--start_from {src} " if saved == "SRC" else ""
+    assert f"args: run configs/x.yaml {with_src}--output_dir {run}" in (out / "run-d.log").read_text()
