@@ -123,6 +123,17 @@ def _fake_errwise(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
+def _queue_with_fake_errwise(tmp_path: Path, jobs: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(QUEUE), str(jobs), str(out), "1"],
+        capture_output=True,
+        text=True,
+        env=_fake_errwise(tmp_path),
+        timeout=60,
+        cwd=QUEUE.parents[1],
+    )
+
+
 @pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
 @pytest.mark.parametrize("src_state", ["absent", "record without checkpoint"])
 def test_a_line_whose_source_has_no_first_task_runs_without_start_from(tmp_path, src_state):
@@ -135,14 +146,7 @@ def test_a_line_whose_source_has_no_first_task_runs_without_start_from(tmp_path,
         (src / "metrics.jsonl").write_text("{}\n")
     jobs = tmp_path / "c.jobs"
     jobs.write_text(f"run-c configs/x.yaml --data.order 3 --start_from {src} --method.name finetune\n")
-    done = subprocess.run(
-        ["bash", str(QUEUE), str(jobs), str(out), "1"],
-        capture_output=True,
-        text=True,
-        env=_fake_errwise(tmp_path),
-        timeout=60,
-        cwd=QUEUE.parents[1],
-    )
+    done = _queue_with_fake_errwise(tmp_path, jobs, out)
     assert done.returncode == 0, done.stderr
     assert f"run-c: {src} holds no first task to copy: runs without --start_from" in done.stdout
     log = (out / "run-c.log").read_text()
@@ -164,14 +168,7 @@ def test_a_resumed_line_keeps_start_from_as_it_began(tmp_path, saved):
     (run / "config.yaml").write_text(f"start_from: {src if saved == 'SRC' else 'null'}\n")
     jobs = tmp_path / "d.jobs"
     jobs.write_text(f"run-d configs/x.yaml --start_from {src}\n")
-    done = subprocess.run(
-        ["bash", str(QUEUE), str(jobs), str(out), "1"],
-        capture_output=True,
-        text=True,
-        env=_fake_errwise(tmp_path),
-        timeout=60,
-        cwd=QUEUE.parents[1],
-    )
+    done = _queue_with_fake_errwise(tmp_path, jobs, out)
     assert done.returncode == 0, done.stderr
     assert "holds no first task" not in done.stdout
     with_src = f"--start_from {src} " if saved == "SRC" else ""
