@@ -52,9 +52,13 @@ run_one() {
   flock -n 9 || return 0
   keep_if_done "$dir" && return
   # a line starting from a run another lane is still training waits for that run's first task (or its end)
-  local src= prev=
+  local src= prev= rest=()  # rest: the line's arguments without --start_from SRC
   for a in "$@"; do
-    case $a in --start_from=*) src=${a#--start_from=} ;; *) [ "$prev" = --start_from ] && src=$a ;; esac
+    case $a in
+      --start_from=*) src=${a#--start_from=} ;;
+      --start_from) ;;
+      *) if [ "$prev" = --start_from ]; then src=$a; else rest+=("$a"); fi ;;
+    esac
     prev=$a
   done
   if [ -n "$src" ] && [ ! -f "$dir/config.yaml" ] && [ ! -s "$src/metrics.jsonl" ] && [ -e "$src.lock" ] \
@@ -75,14 +79,7 @@ run_one() {
       echo "$(date +%T) $name: $src holds no first task to copy: runs without --start_from (trains its own task 1)"
     fi
   fi
-  if [ -n "$drop" ]; then
-    local args=() skip=
-    for a in "$@"; do
-      if [ -n "$skip" ]; then skip=; continue; fi
-      case $a in --start_from=*) ;; --start_from) skip=1 ;; *) args+=("$a") ;; esac
-    done
-    set -- "${args[@]}"
-  fi
+  [ -n "$drop" ] && set -- "${rest[@]}"
   if [ -f "$dir/config.yaml" ]; then  # resumed with the line as it is now: errwise refuses a config other than the saved one
     OMP_NUM_THREADS=1 errwise run "$@" --output_dir "$dir" >> "$dir.log" 2>&1
   else

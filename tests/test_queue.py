@@ -12,17 +12,22 @@ QUEUE = Path(__file__).resolve().parents[1] / "benchmarks" / "queue.sh"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def _queue(tmp_path: Path, *kept: str, **env: str) -> subprocess.CompletedProcess:
-    jobs = tmp_path / "a.jobs"
-    jobs.write_text("# a comment\nrun-a configs/cpu_mini.yaml --data.order 0\n\nrun-b configs/cpu_mini.yaml\n")
+def _run_queue(jobs: Path, out: Path, *kept: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """queue.sh on `jobs` with one worker, from the repository's root."""
     return subprocess.run(
-        ["bash", str(QUEUE), str(jobs), str(tmp_path / "out"), "1", *kept],
+        ["bash", str(QUEUE), str(jobs), str(out), "1", *kept],
         capture_output=True,
         text=True,
-        env={**os.environ, **env},
+        env=env,
         timeout=60,
         cwd=QUEUE.parents[1],
     )
+
+
+def _queue(tmp_path: Path, *kept: str, **env: str) -> subprocess.CompletedProcess:
+    jobs = tmp_path / "a.jobs"
+    jobs.write_text("# a comment\nrun-a configs/cpu_mini.yaml --data.order 0\n\nrun-b configs/cpu_mini.yaml\n")
+    return _run_queue(jobs, tmp_path / "out", *kept, env={**os.environ, **env})
 
 
 def test_no_line_starts_after_start_before(tmp_path):
@@ -74,13 +79,7 @@ def _start_from_queue(
                 break
             subprocess.run(["sleep", "0.05"])
     when = {} if start_before_in is None else {"START_BEFORE": f"@{int(time.time() + start_before_in)}"}
-    done = subprocess.run(
-        ["bash", str(QUEUE), str(jobs), str(out), "1"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "QUEUE_POLL_S": "0.1", **when},
-        timeout=60,
-    )
+    done = _run_queue(jobs, out, env={**os.environ, "QUEUE_POLL_S": "0.1", **when})
     if holder:
         holder.wait(timeout=30)
     return done, metrics
@@ -123,17 +122,6 @@ def _fake_errwise(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
-def _queue_with_fake_errwise(tmp_path: Path, jobs: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(QUEUE), str(jobs), str(out), "1"],
-        capture_output=True,
-        text=True,
-        env=_fake_errwise(tmp_path),
-        timeout=60,
-        cwd=QUEUE.parents[1],
-    )
-
-
 @pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock")
 @pytest.mark.parametrize("src_state", ["absent", "record without checkpoint"])
 def test_a_line_whose_source_has_no_first_task_runs_without_start_from(tmp_path, src_state):
@@ -146,7 +134,7 @@ def test_a_line_whose_source_has_no_first_task_runs_without_start_from(tmp_path,
         (src / "metrics.jsonl").write_text("{}\n")
     jobs = tmp_path / "c.jobs"
     jobs.write_text(f"run-c configs/x.yaml --data.order 3 --start_from {src} --method.name finetune\n")
-    done = _queue_with_fake_errwise(tmp_path, jobs, out)
+    done = _run_queue(jobs, out, env=_fake_errwise(tmp_path))
     assert done.returncode == 0, done.stderr
     assert f"run-c: {src} holds no first task to copy: runs without --start_from" in done.stdout
     log = (out / "run-c.log").read_text()
@@ -168,7 +156,7 @@ def test_a_resumed_line_keeps_start_from_as_it_began(tmp_path, saved):
     (run / "config.yaml").write_text(f"start_from: {src if saved == 'SRC' else 'null'}\n")
     jobs = tmp_path / "d.jobs"
     jobs.write_text(f"run-d configs/x.yaml --start_from {src}\n")
-    done = _queue_with_fake_errwise(tmp_path, jobs, out)
+    done = _run_queue(jobs, out, env=_fake_errwise(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "holds no first task" not in done.stdout
     with_src = f"--start_from {src} " if saved == "SRC" else ""
